@@ -1,0 +1,28 @@
+//! Shared neural-network building blocks for every videollama model.
+//!
+//! Everything here is a thin, documented layer over `candle-nn` so that the
+//! encoders, connectors and language models agree on one set of numerics:
+//!
+//! * [`activation`] — the activations the reference models use (`quick_gelu`,
+//!   exact-erf `gelu`, tanh-approximate `gelu_pytorch_tanh`, `silu`), selected by
+//!   the HF `hidden_act` string.
+//! * [`linear`] — dense linear layers loaded from a `VarBuilder` (weight
+//!   `[out, in]`, optional bias), the single place a quantized linear will plug in.
+//! * [`norm`] — LayerNorm / RMSNorm loaders and `LayerNorm2d` (a LayerNorm over the
+//!   channel axis of an `NCHW` tensor, as timm's `LayerNorm2d`/`LayerNormAct2d`).
+//! * [`attention`] — scaled-dot-product attention with grouped KV heads and an
+//!   optional additive mask.
+//!
+//! Lower layers never depend on model-specific crates: this crate imports only candle.
+
+pub mod activation;
+pub mod attention;
+pub mod linear;
+pub mod norm;
+
+pub use activation::Activation;
+pub use linear::{linear, linear_b, linear_no_bias, Linear};
+pub use norm::{layer_norm, rms_norm, LayerNorm, LayerNorm2d, RmsNorm};
+
+/// The candle result type, re-exported so model crates need not name candle-core.
+pub type Result<T> = candle_core::Result<T>;
