@@ -1,1 +1,304 @@
-//! stub
+//! The VideoLLaMA2 pipeline: from a checkpoint folder and a question to an answer.
+//!
+//! ```text
+//! Pipeline::load(dir)        config.json ─► ModelConfig (model_type registry)
+//!                            *.safetensors ─► Checkpoint ─► VideoLlama2 (tower, connector, LLM)
+//!                            tokenizer.json + tokenizer_config.json ─► Tokenizer, ChatTemplate
+//! Pipeline::encode_media     pixel_values ─► vision tower ─► connector ─► EncodedMedia
+//! Pipeline::answer           turns ─► messages ─► template ─► chunk-wise ids ─► splice
+//!                            ─► generate (prefill + KV-cache decode) ─► Answer
+//! ```
+//! Media are encoded once and can be reused across turns (`videollama chat`).
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod inspect;
+pub mod model;
+pub mod prompt;
+pub mod tower;
+
+pub use error::{PipelineError, Result};
+pub use generate::{GenerateOptions, StopReason};
+pub use model::VideoLlama2;
+pub use prompt::Modality;
+
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tokenizers::Tokenizer;
+use videollama_llm::{GenerationConfig, SamplingParams};
+
+/// The media of one request, already turned into pixel tensors.
+#[derive(Debug, Clone)]
+pub enum MediaInput {
+    /// Text-only question.
+    None,
+    /// `T×3×H×W` preprocessed frames.
+    VideoPixels(Tensor),
+    /// `1×3×H×W` preprocessed image (repeated to `num_frames` frames by the model).
+    ImagePixels(Tensor),
+}
+
+/// Per-stage wall-clock seconds of one request.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    pub preprocess_s: f64,
+    pub vision_s: f64,
+    pub prompt_s: f64,
+    pub prefill_s: f64,
+    pub decode_s: f64,
+    pub total_s: f64,
+    pub decode_tokens_per_s: f64,
+}
+
+/// Media after the vision tower and connector; reusable across turns.
+pub struct EncodedMedia {
+    pub modality: Modality,
+    pub visual: Option<model::EncodedVisual>,
+    pub vision_seconds: f64,
+}
+
+impl EncodedMedia {
+    pub fn text_only() -> Self {
+        Self { modality: Modality::Text, visual: None, vision_seconds: 0.0 }
+    }
+    /// Number of embeddings the media put into the LLM sequence.
+    pub fn media_tokens(&self) -> usize {
+        self.visual.as_ref().map(|v| v.connector_out.dim(0).unwrap_or(0)).unwrap_or(0)
+    }
+}
+
+/// Options of one answer.
+#[derive(Debug, Clone)]
+pub struct AnswerOptions {
+    pub max_new_tokens: usize,
+    /// `None` temperature = greedy, as the reference `mm_infer`.
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<usize>,
+    /// Overrides `generation_config.json`'s repetition penalty.
+    pub repetition_penalty: Option<f32>,
+    pub seed: u64,
+    /// Collect the golden-named stage tensors (for `--dump-tensors`).
+    pub collect_tensors: bool,
+}
+
+impl Default for AnswerOptions {
+    fn default() -> Self {
+        // mm_infer's defaults: greedy, max_new_tokens 2048.
+        Self { max_new_tokens: 2048, temperature: None, top_p: None, top_k: None, repetition_penalty: None, seed: 0, collect_tensors: false }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Answer {
+    pub answer: String,
+    pub token_ids: Vec<u32>,
+    pub prompt: String,
+    pub input_ids: Vec<i64>,
+    /// Length of the spliced LLM input (text tokens + media tokens).
+    pub prompt_tokens: usize,
+    pub text_tokens: usize,
+    pub visual_tokens: usize,
+    pub stop_reason: StopReason,
+    pub timings: Timings,
+    #[serde(skip)]
+    pub tensors: HashMap<String, Tensor>,
+}
+
+pub struct LoadOptions {
+    pub dtype: DType,
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { dtype: DType::F32, device: Device::Cpu }
+    }
+}
+
+/// A loaded checkpoint with its tokenizer and chat template. Immutable: share it.
+pub struct Pipeline {
+    pub dir: PathBuf,
+    pub model: VideoLlama2,
+    pub tokenizer: Tokenizer,
+    pub template: prompt::ChatTemplate,
+    pub generation_config: GenerationConfig,
+    pub load_seconds: f64,
+}
+
+impl Pipeline {
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let start = Instant::now();
+        if !dir.is_dir() {
+            return Err(PipelineError::MissingModelDir(dir.to_path_buf()));
+        }
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            return Err(PipelineError::file(&config_path, "missing; is this a Hugging Face model folder?"));
+        }
+        let tok_path = dir.join("tokenizer.json");
+        if !tok_path.is_file() {
+            return Err(PipelineError::file(&tok_path, "missing (convert a SentencePiece-only checkpoint with transformers' fast tokenizer first)"));
+        }
+        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| PipelineError::file(&tok_path, e))?;
+        let template = prompt::ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
+        let gen_path = dir.join("generation_config.json");
+        let generation_config = if gen_path.is_file() {
+            let json = error::read_json(&gen_path)?;
+            serde_json::from_value(json).map_err(|e| PipelineError::Json { path: gen_path.clone(), cause: e.to_string() })?
+        } else {
+            GenerationConfig::default()
+        };
+        let model = VideoLlama2::load(dir, opts.dtype, &opts.device)?;
+        Ok(Self { dir: dir.to_path_buf(), model, tokenizer, template, generation_config, load_seconds: start.elapsed().as_secs_f64() })
+    }
+
+    /// Run the vision tower and connector once for this media.
+    pub fn encode_media(&self, media: &MediaInput) -> Result<EncodedMedia> {
+        let start = Instant::now();
+        let (modality, visual) = match media {
+            MediaInput::None => (Modality::Text, None),
+            MediaInput::VideoPixels(px) => (Modality::Video, Some(self.model.encode_visual(px, false)?)),
+            MediaInput::ImagePixels(px) => (Modality::Image, Some(self.model.encode_visual(px, true)?)),
+        };
+        Ok(EncodedMedia { modality, visual, vision_seconds: start.elapsed().as_secs_f64() })
+    }
+
+    /// Ids that end generation: generation_config's eos list plus the tokenizer's
+    /// eos token (the reference adds a `KeywordsStoppingCriteria` on it).
+    pub fn eos_ids(&self) -> Vec<u32> {
+        let mut ids = self.generation_config.eos_ids();
+        if let Some(eos) = self.template.eos_token().and_then(|t| self.tokenizer.token_to_id(t)) {
+            if !ids.contains(&eos) {
+                ids.push(eos);
+            }
+        }
+        ids
+    }
+
+    /// Render the conversation and tokenize it the way `mm_infer` does.
+    pub fn build_prompt(&self, turns: &[String], modality: Modality) -> Result<(String, Vec<i64>)> {
+        let system = if self.model.config.system_message { Some(prompt::MISTRAL_SYSTEM_MESSAGE) } else { None };
+        let messages = prompt::build_messages(turns, modality, system);
+        let text = self.template.render(&messages, true)?;
+        let ids = prompt::tokenize_multimodal(&self.tokenizer, &text, modality)?;
+        Ok((text, ids))
+    }
+
+    /// Answer the last user turn of `turns` (user, assistant, user, …) about `media`.
+    /// `on_text` receives decoded text pieces as they are generated; return `false`
+    /// from it to cancel.
+    pub fn answer(
+        &self,
+        turns: &[String],
+        media: &EncodedMedia,
+        opts: &AnswerOptions,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Answer> {
+        if turns.is_empty() || turns.len() % 2 == 0 {
+            return Err(PipelineError::Invalid("a conversation must end with a user turn".into()));
+        }
+        let start = Instant::now();
+        let (prompt_text, input_ids) = self.build_prompt(turns, media.modality)?;
+        let media_blocks: Vec<Tensor> = media.visual.iter().map(|v| v.connector_out.clone()).collect();
+        let inputs_embeds = self.model.splice(&input_ids, &media_blocks)?;
+        let prompt_tokens = inputs_embeds.dim(0)?;
+        let visual_tokens = media.media_tokens();
+        let context = self.model.config.llm.max_position_embeddings;
+        if prompt_tokens >= context {
+            return Err(PipelineError::PromptTooLong { tokens: prompt_tokens - visual_tokens, visual: visual_tokens, new: opts.max_new_tokens, context });
+        }
+        let prompt_s = start.elapsed().as_secs_f64();
+
+        let gc = &self.generation_config;
+        let sampling = SamplingParams {
+            temperature: opts.temperature.filter(|t| *t > 0.0),
+            top_p: opts.top_p.or(Some(0.9)),
+            top_k: opts.top_k.or(gc.top_k),
+            repetition_penalty: opts.repetition_penalty.or(gc.repetition_penalty),
+            seed: opts.seed,
+        };
+        let gen_opts = GenerateOptions { max_new_tokens: opts.max_new_tokens, sampling, eos_ids: self.eos_ids(), record_logits: opts.collect_tensors };
+        let mut stream = self.tokenizer.decode_stream(true);
+        let mut first = true;
+        let mut stream_error = None;
+        let generation = generate::generate(&self.model.llm, &inputs_embeds, &gen_opts, |id| match stream.step(id) {
+            Ok(Some(piece)) => {
+                // The reference strips the answer; drop leading whitespace of the stream too.
+                let piece = if first { piece.trim_start().to_string() } else { piece };
+                if piece.is_empty() {
+                    return true;
+                }
+                first = false;
+                on_text(&piece)
+            }
+            Ok(None) => true,
+            Err(e) => {
+                stream_error = Some(e.to_string());
+                true
+            }
+        })?;
+        if let Some(e) = stream_error {
+            tracing::warn!("streaming decode: {e}");
+        }
+        let answer = self
+            .tokenizer
+            .decode(&generation.token_ids, true)
+            .map_err(|e| PipelineError::Invalid(format!("decoding the answer failed: {e}")))?
+            .trim()
+            .to_string();
+        let n_new = generation.token_ids.len();
+        let timings = Timings {
+            preprocess_s: 0.0,
+            vision_s: media.vision_seconds,
+            prompt_s,
+            prefill_s: generation.prefill_seconds,
+            decode_s: generation.decode_seconds,
+            total_s: start.elapsed().as_secs_f64() + media.vision_seconds,
+            decode_tokens_per_s: if generation.decode_seconds > 0.0 { n_new.saturating_sub(1) as f64 / generation.decode_seconds } else { 0.0 },
+        };
+        let mut tensors = HashMap::new();
+        if opts.collect_tensors {
+            let dev = &Device::Cpu;
+            if let Some(v) = &media.visual {
+                tensors.insert("pixel_values".to_string(), v.pixel_values.to_dtype(DType::F32)?);
+                tensors.insert("vision_features".to_string(), v.vision_features.to_dtype(DType::F32)?);
+                tensors.insert("connector_out".to_string(), v.connector_out.to_dtype(DType::F32)?);
+            }
+            tensors.insert("input_ids".to_string(), Tensor::new(input_ids.as_slice(), dev)?);
+            tensors.insert("inputs_embeds".to_string(), inputs_embeds.to_dtype(DType::F32)?);
+            let gen_ids: Vec<i64> = generation.token_ids.iter().map(|&i| i as i64).collect();
+            tensors.insert("generated_ids".to_string(), Tensor::new(gen_ids.as_slice(), dev)?);
+            if let Some(steps) = &generation.logits_steps {
+                tensors.insert("logits_last".to_string(), steps.get(0)?.to_dtype(DType::F32)?);
+                tensors.insert("logits_steps".to_string(), steps.to_dtype(DType::F32)?);
+            }
+        }
+        Ok(Answer {
+            answer,
+            token_ids: generation.token_ids,
+            prompt: prompt_text,
+            text_tokens: input_ids.iter().filter(|&&i| !prompt::is_placeholder(i)).count(),
+            input_ids,
+            prompt_tokens,
+            visual_tokens,
+            stop_reason: generation.stop_reason,
+            timings,
+            tensors,
+        })
+    }
+}
+
+/// Write stage tensors (golden names) to a safetensors file.
+pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let cpu: HashMap<String, Tensor> = tensors
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?.contiguous()?)))
+        .collect::<candle_core::Result<_>>()?;
+    candle_core::safetensors::save(&cpu, path).map_err(|e| PipelineError::file(path, e))
+}

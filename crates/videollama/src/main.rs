@@ -1,1 +1,16 @@
-fn main() {}
+//! `videollama`: ask questions about videos and images with VideoLLaMA2 checkpoints.
+//!
+//! Commands: `ask`, `caption`, `chat`, `inspect`. Every error is printed as one
+//! message naming the file and the cause, with exit status 1.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    match cli::run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The generation loop: prefill the spliced embeddings, then decode token by token
+//! with the KV cache, streaming text as it arrives.
+
+use crate::error::{PipelineError, Result};
+use candle_core::Tensor;
+use std::time::Instant;
+use videollama_llm::{DecoderLm, LogitsProcessor, SamplingParams};
+
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    pub eos_ids: Vec<u32>,
+    /// Keep the raw logits of every step (for `--dump-tensors`).
+    pub record_logits: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Eos,
+    MaxNewTokens,
+    ContextFull,
+    Cancelled,
+}
+
+pub struct Generation {
+    /// New tokens only; an eos token that ended generation is included, as in HF.
+    pub token_ids: Vec<u32>,
+    pub stop_reason: StopReason,
+    pub prefill_seconds: f64,
+    pub decode_seconds: f64,
+    /// `[steps, V]` raw logits (before penalties), when recorded.
+    pub logits_steps: Option<Tensor>,
+}
+
+/// Run generation from `inputs_embeds` `[S, H]`.
+///
+/// `on_token` is called with each new id as soon as it is chosen; returning
+/// `false` cancels generation (a disconnected client, say).
+pub fn generate(
+    llm: &DecoderLm,
+    inputs_embeds: &Tensor,
+    opts: &GenerateOptions,
+    mut on_token: impl FnMut(u32) -> bool,
+) -> Result<Generation> {
+    let prompt_len = inputs_embeds.dim(0)?;
+    let context = llm.config().max_position_embeddings;
+    if prompt_len >= context {
+        return Err(PipelineError::PromptTooLong { tokens: prompt_len, visual: 0, new: opts.max_new_tokens, context });
+    }
+    let mut cache = llm.new_cache();
+    let mut processor = LogitsProcessor::new(opts.sampling.clone());
+    let mut token_ids: Vec<u32> = Vec::new();
+    let mut recorded = Vec::new();
+    let start = Instant::now();
+    let mut logits = llm.forward_embeds(&inputs_embeds.unsqueeze(0)?, &mut cache)?;
+    let prefill_seconds = start.elapsed().as_secs_f64();
+    let decode_start = Instant::now();
+    let mut stop_reason = StopReason::MaxNewTokens;
+    for step in 0..opts.max_new_tokens {
+        if opts.record_logits {
+            recorded.push(logits.clone());
+        }
+        let next = processor.sample(&logits, &token_ids)?;
+        token_ids.push(next);
+        if !on_token(next) {
+            stop_reason = StopReason::Cancelled;
+            break;
+        }
+        if opts.eos_ids.contains(&next) {
+            stop_reason = StopReason::Eos;
+            break;
+        }
+        if step + 1 == opts.max_new_tokens {
+            break;
+        }
+        if prompt_len + token_ids.len() >= context {
+            stop_reason = StopReason::ContextFull;
+            break;
+        }
+        logits = llm.forward_tokens(&[next], &mut cache)?;
+    }
+    let logits_steps = if opts.record_logits && !recorded.is_empty() { Some(Tensor::stack(&recorded, 0)?) } else { None };
+    Ok(Generation { token_ids, stop_reason, prefill_seconds, decode_seconds: decode_start.elapsed().as_secs_f64(), logits_steps })
+}

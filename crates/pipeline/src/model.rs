@@ -1,0 +1,163 @@
+//! The assembled VideoLLaMA2 model: vision tower → connector → spliced into the LLM.
+//!
+//! ```text
+//! pixel_values [T,3,H,W] ─► VisionTower ─► [T, n, Cin] ─► Connector ─► [L, C]
+//! input_ids (with −201 placeholder) ─► embed_tokens + splice ─► inputs_embeds [S−1+L, C]
+//! ```
+//! The model is immutable after loading; per-request state (KV cache) lives in the
+//! generation loop, so one model can serve several requests.
+
+use crate::checkpoint::Checkpoint;
+use crate::config::ModelConfig;
+use crate::error::{PipelineError, Result};
+use crate::prompt::is_placeholder;
+use crate::tower::{resolve_vision_tower, ResolvedTower};
+use candle_core::{DType, Device, Tensor};
+use std::path::Path;
+use videollama_connectors::{Connector, ConnectorConfig, ProjectorType};
+use videollama_encoders::VisionTower;
+use videollama_llm::DecoderLm;
+
+/// Where the vision tower's weights live inside a VideoLLaMA2 checkpoint.
+pub const VISION_TOWER_PREFIX: &str = "model.vision_tower.vision_tower.vision_model";
+pub const PROJECTOR_PREFIX: &str = "model.mm_projector";
+
+pub struct VisualBranch {
+    pub tower: VisionTower,
+    pub tower_info: ResolvedTower,
+    pub connector: Connector,
+    pub connector_config: ConnectorConfig,
+}
+
+pub struct VideoLlama2 {
+    pub config: ModelConfig,
+    pub llm: DecoderLm,
+    pub visual: Option<VisualBranch>,
+    pub device: Device,
+    pub dtype: DType,
+    /// Checkpoint tensors the model never reads (vision post-LN, SigLIP head, …).
+    pub unused_tensors: Vec<String>,
+}
+
+/// The stage tensors of one media encoding (golden names, no batch dim).
+pub struct EncodedVisual {
+    /// `[T, 3, H, W]` as given (an image stays `1×3×H×W`, as the reference stores it).
+    pub pixel_values: Tensor,
+    /// `[num_frames, n, Cin]`
+    pub vision_features: Tensor,
+    /// `[L, C]`
+    pub connector_out: Tensor,
+}
+
+impl VideoLlama2 {
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let ckpt = Checkpoint::open(dir, dtype, device)?;
+        Self::from_checkpoint(config, &ckpt, dir)
+    }
+
+    pub fn from_checkpoint(config: ModelConfig, ckpt: &Checkpoint, dir: &Path) -> Result<Self> {
+        let vb = ckpt.var_builder();
+        let llm = DecoderLm::new(&config.llm, vb.clone())?;
+        let visual = match &config.mm.mm_vision_tower {
+            None => None,
+            Some(name) => {
+                let tower_info = resolve_vision_tower(name, dir)?;
+                let tower = VisionTower::new(
+                    &tower_info.config,
+                    config.mm.mm_vision_select_layer,
+                    &config.mm.mm_vision_select_feature,
+                    vb.pp(VISION_TOWER_PREFIX),
+                )?;
+                let projector = config
+                    .mm
+                    .mm_projector_type
+                    .as_deref()
+                    .ok_or_else(|| PipelineError::Invalid("config.json has mm_vision_tower but no mm_projector_type".into()))?;
+                let projector_type: ProjectorType = projector.parse().map_err(|e| PipelineError::Invalid(format!("config.json: {e}")))?;
+                let connector_config = ConnectorConfig {
+                    projector_type,
+                    mm_hidden_size: config.mm.mm_hidden_size.unwrap_or(tower_info.config.hidden_size()),
+                    hidden_size: config.mm.hidden_size,
+                };
+                let connector = Connector::new(&connector_config, vb.pp(PROJECTOR_PREFIX))?;
+                Some(VisualBranch { tower, tower_info, connector, connector_config })
+            }
+        };
+        let unused_tensors = ckpt.finish()?;
+        for name in &unused_tensors {
+            tracing::debug!(tensor = %name, "checkpoint tensor not used by the model");
+        }
+        Ok(Self { config, llm, visual, device: vb.device().clone(), dtype: vb.dtype(), unused_tensors })
+    }
+
+    pub fn num_frames(&self) -> usize {
+        self.config.mm.num_frames
+    }
+
+    /// Encode a video (`T×3×H×W`) or an image (`1×3×H×W`, repeated to `num_frames`
+    /// identical frames like the reference) into connector tokens `[L, C]`.
+    pub fn encode_visual(&self, pixel_values: &Tensor, is_image: bool) -> Result<EncodedVisual> {
+        let visual = self
+            .visual
+            .as_ref()
+            .ok_or_else(|| PipelineError::Invalid("this checkpoint has no vision tower (mm_vision_tower is not set)".into()))?;
+        let (t, c, h, w) = pixel_values
+            .dims4()
+            .map_err(|_| PipelineError::Invalid(format!("pixel_values must be T×3×H×W, got {:?}", pixel_values.dims())))?;
+        let size = visual.tower_info.config.image_size();
+        if c != 3 || h != size || w != size {
+            return Err(PipelineError::Invalid(format!(
+                "pixel_values have shape {:?}; this vision tower expects T×3×{size}×{size}",
+                pixel_values.dims()
+            )));
+        }
+        if t == 0 {
+            return Err(PipelineError::Invalid("pixel_values hold no frames".into()));
+        }
+        let frames = if is_image {
+            pixel_values.get(0)?.unsqueeze(0)?.repeat((self.num_frames(), 1, 1, 1))?
+        } else {
+            pixel_values.clone()
+        };
+        let frames = frames.to_device(&self.device)?.to_dtype(self.dtype)?;
+        let vision_features = visual.tower.forward(&frames)?;
+        let connector_out = visual.connector.forward(&vision_features)?;
+        Ok(EncodedVisual { pixel_values: pixel_values.clone(), vision_features, connector_out })
+    }
+
+    /// `prepare_inputs_labels_for_multimodal` for batch 1: embed the text ids and put
+    /// the media blocks, in order, where the placeholder ids are.
+    pub fn splice(&self, input_ids: &[i64], media: &[Tensor]) -> Result<Tensor> {
+        let mut pieces = Vec::new();
+        let mut text: Vec<u32> = Vec::new();
+        let mut next_media = media.iter();
+        let vocab = self.config.llm.vocab_size;
+        let flush = |text: &mut Vec<u32>, pieces: &mut Vec<Tensor>| -> Result<()> {
+            if !text.is_empty() {
+                let ids = Tensor::new(text.as_slice(), &self.device)?;
+                pieces.push(self.llm.embed_tokens(&ids)?);
+                text.clear();
+            }
+            Ok(())
+        };
+        for &id in input_ids {
+            if is_placeholder(id) {
+                flush(&mut text, &mut pieces)?;
+                let block = next_media
+                    .next()
+                    .ok_or_else(|| PipelineError::Invalid("the prompt has more media placeholders than media inputs".into()))?;
+                pieces.push(block.to_dtype(self.dtype)?);
+            } else if id < 0 || id as usize >= vocab {
+                return Err(PipelineError::Invalid(format!("token id {id} is outside the vocabulary (size {vocab})")));
+            } else {
+                text.push(id as u32);
+            }
+        }
+        flush(&mut text, &mut pieces)?;
+        if next_media.next().is_some() {
+            return Err(PipelineError::Invalid("media was given but the prompt has no placeholder for it".into()));
+        }
+        Ok(Tensor::cat(&pieces, 0)?)
+    }
+}

@@ -1,0 +1,350 @@
+//! Command-line parsing and the command implementations.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use videollama_pipeline::{prompt, AnswerOptions, EncodedMedia, LoadOptions, MediaInput, Pipeline};
+
+#[derive(Parser)]
+#[command(name = "videollama", version, about = "Ask VideoLLaMA2 models about videos, images and text", long_about = None)]
+struct Cli {
+    /// Log more (repeat for more detail); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ask one question about a video, an image, or nothing (text-only).
+    Ask {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        media: MediaArgs,
+        #[command(flatten)]
+        gen: GenArgs,
+        /// The question.
+        question: String,
+    },
+    /// Caption a video or image with the reference's captioning prompt.
+    Caption {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        media: MediaArgs,
+        #[command(flatten)]
+        gen: GenArgs,
+    },
+    /// Multi-turn conversation in the terminal about one video or image (encoded once).
+    Chat {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        media: MediaArgs,
+        #[command(flatten)]
+        gen: GenArgs,
+    },
+    /// Describe a checkpoint: architecture, parameter counts, tokens per input.
+    Inspect {
+        /// Checkpoint folder (reads its config.json).
+        #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+        model: Option<PathBuf>,
+        /// A config.json on its own (no weights needed).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Hugging Face checkpoint folder (config.json, safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Compute dtype. f32 is the default on CPU (bf16/f16 matmuls are slow there).
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DtypeArg,
+}
+
+#[derive(Args)]
+struct MediaArgs {
+    /// Preprocessed video frames: a safetensors file with `pixel_values` (T×3×H×W).
+    #[arg(long, group = "media")]
+    video_pixels: Option<PathBuf>,
+    /// A preprocessed image: a safetensors file with `pixel_values` (1×3×H×W).
+    #[arg(long, group = "media")]
+    image_pixels: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct GenArgs {
+    /// Maximum number of new tokens.
+    #[arg(long, default_value_t = 2048)]
+    max_new_tokens: usize,
+    /// Sampling temperature; absent or 0 means greedy (the reference's default).
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Nucleus sampling threshold (default 0.9, as the reference).
+    #[arg(long)]
+    top_p: Option<f64>,
+    /// Top-k sampling (default: generation_config.json's top_k).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Repetition penalty (default: generation_config.json's).
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+    /// Write the stage tensors of the request (golden names) to this safetensors file.
+    #[arg(long)]
+    dump_tensors: Option<PathBuf>,
+}
+
+impl GenArgs {
+    fn options(&self) -> AnswerOptions {
+        AnswerOptions {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+            collect_tensors: self.dump_tensors.is_some(),
+        }
+    }
+}
+
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match cli.command {
+        Command::Ask { model, media, gen, question } => ask(&model, &media, &gen, &question),
+        Command::Caption { model, media, gen } => {
+            if media.video_pixels.is_none() && media.image_pixels.is_none() {
+                bail!("caption needs a video or an image (--video-pixels or --image-pixels)");
+            }
+            ask(&model, &media, &gen, prompt::CAPTION_PROMPT)
+        }
+        Command::Chat { model, media, gen } => chat(&model, &media, &gen),
+        Command::Inspect { model, config, json } => {
+            let config = match (model, config) {
+                (Some(dir), _) => dir.join("config.json"),
+                (None, Some(cfg)) => cfg,
+                (None, None) => unreachable!("clap requires one of --model/--config"),
+            };
+            inspect(&config, json)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn spinner(msg: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_message(msg.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    pb
+}
+
+fn load(model: &ModelArgs) -> Result<Pipeline> {
+    let dtype = match model.dtype {
+        DtypeArg::F32 => DType::F32,
+        DtypeArg::F16 => DType::F16,
+        DtypeArg::Bf16 => DType::BF16,
+    };
+    let pb = spinner(&format!("loading {}", model.model.display()));
+    let pipeline = Pipeline::load(&model.model, &LoadOptions { dtype, device: Device::Cpu });
+    pb.finish_and_clear();
+    Ok(pipeline?)
+}
+
+/// Read `pixel_values` (or the file's only tensor) from a safetensors file.
+fn read_pixels(path: &Path) -> Result<Tensor> {
+    if !path.is_file() {
+        bail!("{}: no such file", path.display());
+    }
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu).with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
+    let t = match tensors.get("pixel_values") {
+        Some(t) => t.clone(),
+        None if tensors.len() == 1 => tensors.into_values().next().expect("one tensor"),
+        None => bail!("{}: no tensor named pixel_values", path.display()),
+    };
+    if t.rank() != 4 {
+        bail!("{}: pixel_values must be T×3×H×W, got shape {:?}", path.display(), t.dims());
+    }
+    Ok(t.to_dtype(DType::F32)?)
+}
+
+fn media_input(media: &MediaArgs) -> Result<MediaInput> {
+    Ok(if let Some(p) = &media.video_pixels {
+        MediaInput::VideoPixels(read_pixels(p)?)
+    } else if let Some(p) = &media.image_pixels {
+        let t = read_pixels(p)?;
+        if t.dim(0)? != 1 {
+            bail!("{}: an image must be 1×3×H×W, got {:?}", p.display(), t.dims());
+        }
+        MediaInput::ImagePixels(t)
+    } else {
+        MediaInput::None
+    })
+}
+
+fn encode(pipeline: &Pipeline, media: &MediaArgs) -> Result<(EncodedMedia, f64)> {
+    let start = Instant::now();
+    let input = media_input(media)?;
+    let preprocess_s = start.elapsed().as_secs_f64();
+    let pb = spinner("encoding media");
+    let encoded = pipeline.encode_media(&input);
+    pb.finish_and_clear();
+    Ok((encoded?, preprocess_s))
+}
+
+fn ask(model: &ModelArgs, media: &MediaArgs, gen: &GenArgs, question: &str) -> Result<()> {
+    let pipeline = load(model)?;
+    let (encoded, preprocess_s) = encode(&pipeline, media)?;
+    let opts = gen.options();
+    let stdout = std::io::stdout();
+    let mut answer = pipeline.answer(&[question.to_string()], &encoded, &opts, |piece| {
+        if !gen.json {
+            let mut out = stdout.lock();
+            // A closed stdout (e.g. `| head`) cancels generation instead of panicking.
+            return write!(out, "{piece}").and_then(|_| out.flush()).is_ok();
+        }
+        true
+    })?;
+    answer.timings.preprocess_s = preprocess_s;
+    if let Some(path) = &gen.dump_tensors {
+        videollama_pipeline::save_tensors(&answer.tensors, path)?;
+    }
+    if gen.json {
+        let out = json!({
+            "answer": answer.answer,
+            "token_ids": answer.token_ids,
+            "prompt_tokens": answer.prompt_tokens,
+            "text_tokens": answer.text_tokens,
+            "visual_tokens": answer.visual_tokens,
+            "modality": encoded.modality,
+            "stop_reason": answer.stop_reason,
+            "timings": {
+                "load_s": pipeline.load_seconds,
+                "preprocess_s": answer.timings.preprocess_s,
+                "vision_s": answer.timings.vision_s,
+                "prompt_s": answer.timings.prompt_s,
+                "prefill_s": answer.timings.prefill_s,
+                "decode_s": answer.timings.decode_s,
+                "decode_tokens_per_s": answer.timings.decode_tokens_per_s,
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!();
+    }
+    Ok(())
+}
+
+fn chat(model: &ModelArgs, media: &MediaArgs, gen: &GenArgs) -> Result<()> {
+    let pipeline = load(model)?;
+    let (encoded, _) = encode(&pipeline, media)?;
+    let opts = gen.options();
+    let mut turns: Vec<String> = Vec::new();
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    eprintln!("chatting with {} ({} media tokens); /exit or Ctrl-D to quit, /reset to clear the history", pipeline.dir.display(), encoded.media_tokens());
+    loop {
+        write!(stdout, "> ")?;
+        stdout.flush()?;
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim();
+        match line {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                turns.clear();
+                continue;
+            }
+            _ => {}
+        }
+        turns.push(line.to_string());
+        let answer = pipeline.answer(&turns, &encoded, &opts, |piece| {
+            let mut out = std::io::stdout().lock();
+            write!(out, "{piece}").and_then(|_| out.flush()).is_ok()
+        });
+        match answer {
+            Ok(answer) => {
+                println!();
+                turns.push(answer.answer);
+            }
+            Err(e) => {
+                turns.pop();
+                eprintln!("error: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn inspect(config: &Path, as_json: bool) -> Result<()> {
+    let report = videollama_pipeline::inspect::inspect_config(config)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let p = &report.parameters;
+    println!("model_type      {}", report.model_type);
+    println!(
+        "language model  {:?}: {} layers, hidden {}, {} heads / {} kv heads, MLP {}, vocab {}{}",
+        report.llm.family,
+        report.llm.layers,
+        report.llm.hidden_size,
+        report.llm.attention_heads,
+        report.llm.kv_heads,
+        report.llm.intermediate_size,
+        report.llm.vocab_size,
+        report.llm.experts.map(|e| format!(", {e} experts")).unwrap_or_default()
+    );
+    if let Some(v) = &report.vision {
+        println!(
+            "vision tower    {} ({}): {}px, {}×{} patches, width {}, layer {}, feature {}",
+            v.tower, v.kind, v.image_size, v.patch_grid, v.patch_grid, v.hidden_size, v.select_layer, v.select_feature
+        );
+        println!("connector       {}", v.projector_type);
+    }
+    println!("frames          {}", report.num_frames);
+    let b = |n: u64| format!("{:.4} B ({n})", n as f64 / 1e9);
+    println!("parameters      total {}", b(p.total));
+    println!("                llm {}, vision tower {}, connector {}", b(p.llm), b(p.vision_tower), b(p.connector));
+    if let Some(n) = report.tokens.video {
+        println!("tokens          video ({} frames) {n}, image {n}, text 0", report.num_frames);
+    }
+    Ok(())
+}
