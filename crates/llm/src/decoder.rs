@@ -1,0 +1,484 @@
+//! One decoder-only transformer for Mistral, Qwen2 and Mixtral.
+//!
+//! The three HF architectures differ only in details that the config carries: q/k/v bias
+//! (Qwen2), a sparse MoE instead of the dense MLP (Mixtral), and the numbers. Each block is
+//! pre-norm: `h = x + attn(rms(x)); out = h + ffn(rms(h))`, attention is grouped-query with
+//! RoPE applied to q and k before they enter the KV cache.
+//!
+//! The model is immutable (`Send + Sync`, shareable behind an `Arc`); everything that changes
+//! while a request is decoded lives in a [`KvCache`] owned by the caller.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+use videollama_nn::attention::{causal_mask, scaled_dot_product_attention};
+use videollama_nn::{linear_b, linear_no_bias, rms_norm, Linear, RmsNorm};
+
+use crate::config::DecoderConfig;
+use crate::moe::{FeedForward, SparseMoe, SwiGlu};
+use crate::rope::RotaryEmbedding;
+
+/// Per-request attention state: for every layer the keys (after RoPE) and values of all
+/// positions seen so far, `[1, num_key_value_heads, len, head_dim]` each.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    fn new(num_layers: usize) -> Self {
+        Self {
+            layers: vec![None; num_layers],
+            len: 0,
+        }
+    }
+
+    /// Number of positions already processed; the next token gets this position id.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forget everything so the cache can serve a new request.
+    pub fn reset(&mut self) {
+        self.layers.iter_mut().for_each(|l| *l = None);
+        self.len = 0;
+    }
+
+    /// The cached `(keys, values)` of one layer (`None` before the first forward).
+    pub fn layer(&self, i: usize) -> Option<&(Tensor, Tensor)> {
+        self.layers.get(i).and_then(|l| l.as_ref())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, q, kv) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
+        if cfg.num_key_value_heads == 0 || cfg.num_attention_heads % cfg.num_key_value_heads != 0 {
+            candle_core::bail!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                cfg.num_attention_heads,
+                cfg.num_key_value_heads
+            )
+        }
+        Ok(Self {
+            q_proj: linear_b(h, q, cfg.attention_bias, vb.pp("q_proj"))?,
+            k_proj: linear_b(h, kv, cfg.attention_bias, vb.pp("k_proj"))?,
+            v_proj: linear_b(h, kv, cfg.attention_bias, vb.pp("v_proj"))?,
+            // o_proj has no bias in any of the three architectures (Qwen2 included).
+            o_proj: linear_no_bias(q, h, vb.pp("o_proj"))?,
+            n_heads: cfg.num_attention_heads,
+            n_kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+        })
+    }
+
+    /// `xs`: `[B, L, H]` at positions `offset..offset+L`. Returns the output and the layer's
+    /// updated `(keys, values)` (the caller commits them to the cache).
+    fn forward(
+        &self,
+        xs: &Tensor,
+        rope: &RotaryEmbedding,
+        offset: usize,
+        mask: Option<&Tensor>,
+        past: Option<&(Tensor, Tensor)>,
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
+        let (b, l, _) = xs.dims3()?;
+        let heads = |t: Tensor, n: usize| t.reshape((b, l, n, self.head_dim))?.transpose(1, 2);
+        let q = rope.apply(&heads(self.q_proj.forward(xs)?, self.n_heads)?, offset)?;
+        let k = rope.apply(&heads(self.k_proj.forward(xs)?, self.n_kv_heads)?, offset)?;
+        let v = heads(self.v_proj.forward(xs)?, self.n_kv_heads)?.contiguous()?;
+        let (k, v) = match past {
+            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+            None => (k, v),
+        };
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let y = scaled_dot_product_attention(&q, &k, &v, scale, mask)?;
+        let y = y
+            .transpose(1, 2)?
+            .reshape((b, l, self.n_heads * self.head_dim))?;
+        Ok((self.o_proj.forward(&y)?, (k, v)))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    ffn: FeedForward,
+}
+
+impl DecoderLayer {
+    fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let ffn = match cfg.num_local_experts {
+            Some(e) if e > 0 => FeedForward::Moe(SparseMoe::new(
+                h,
+                i,
+                e,
+                cfg.num_experts_per_tok,
+                cfg.hidden_act,
+                vb.pp("block_sparse_moe"),
+            )?),
+            _ => FeedForward::Dense(SwiGlu::new(
+                h,
+                i,
+                cfg.hidden_act,
+                ("gate_proj", "up_proj", "down_proj"),
+                vb.pp("mlp"),
+            )?),
+        };
+        Ok(Self {
+            input_layernorm: rms_norm(h, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            post_attention_layernorm: rms_norm(
+                h,
+                cfg.rms_norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
+            ffn,
+        })
+    }
+
+    fn forward(
+        &self,
+        xs: &Tensor,
+        rope: &RotaryEmbedding,
+        offset: usize,
+        mask: Option<&Tensor>,
+        past: Option<&(Tensor, Tensor)>,
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
+        let (a, kv) =
+            self.self_attn
+                .forward(&self.input_layernorm.forward(xs)?, rope, offset, mask, past)?;
+        let h = (xs + a)?;
+        let f = self
+            .ffn
+            .forward(&self.post_attention_layernorm.forward(&h)?)?;
+        Ok(((h + f)?, kv))
+    }
+}
+
+/// Decoder-only causal LM (Mistral / Qwen2 / Mixtral) with its embedding table and `lm_head`.
+#[derive(Debug, Clone)]
+pub struct DecoderLm {
+    cfg: DecoderConfig,
+    /// `[V, H]`; also the `lm_head` weight when `tie_word_embeddings`.
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: RotaryEmbedding,
+    dtype: DType,
+    device: Device,
+}
+
+impl DecoderLm {
+    /// Load from the checkpoint's ROOT `VarBuilder` (`model.*` and `lm_head.*` are looked up
+    /// here). Weights are converted to the VarBuilder's dtype, which is the compute dtype.
+    pub fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
+        let (dtype, device) = (vb.dtype(), vb.device().clone());
+        let m = vb.pp("model");
+        let embed_tokens = m
+            .pp("embed_tokens")
+            .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::new(cfg, m.pp("layers").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = rms_norm(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::new(embed_tokens.clone(), None)
+        } else {
+            linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
+        };
+        let rope = RotaryEmbedding::new(cfg.head_dim, cfg.rope_theta, &device)?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            dtype,
+            device,
+        })
+    }
+
+    pub fn config(&self) -> &DecoderConfig {
+        &self.cfg
+    }
+
+    /// Compute dtype (the dtype the weights were loaded in).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The trained context length (`max_position_embeddings`); not enforced by the forward.
+    pub fn max_context(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.cfg.hidden_size
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    /// A fresh, empty KV cache for one request.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Token embeddings: ids `[L]` (u32 or i64) → `[L, H]`, or `[B, L]` → `[B, L, H]`, in the
+    /// model dtype. Used both for the text pieces of the spliced prompt and for each new token.
+    pub fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
+        match ids.rank() {
+            1 => self.embed_tokens.index_select(ids, 0),
+            2 => {
+                let (b, l) = ids.dims2()?;
+                self.embed_tokens
+                    .index_select(&ids.flatten_all()?, 0)?
+                    .reshape((b, l, self.cfg.hidden_size))
+            }
+            r => candle_core::bail!("embed_tokens expects ids of rank 1 or 2, got rank {r}"),
+        }
+    }
+
+    /// Run `embeds` (`[1, L, H]`, or `[L, H]`) as the positions `cache.len()..cache.len()+L`
+    /// and return the logits of the last one as `[V]` f32.
+    ///
+    /// The prompt (already spliced with the visual tokens) is one call; each decoding step is
+    /// another call with the new token's embedding. The cache is only updated when the whole
+    /// forward succeeded. Embeddings of another dtype are cast to the model dtype.
+    pub fn forward_embeds(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let embeds = match embeds.rank() {
+            2 => embeds.unsqueeze(0)?,
+            3 => embeds.clone(),
+            r => candle_core::bail!("forward_embeds expects [1, L, H] or [L, H], got rank {r}"),
+        };
+        let (b, l, h) = embeds.dims3()?;
+        if b != 1 || l == 0 || h != self.cfg.hidden_size {
+            candle_core::bail!(
+                "forward_embeds expects [1, L>0, {}], got {:?}",
+                self.cfg.hidden_size,
+                embeds.shape()
+            )
+        }
+        if cache.layers.len() != self.layers.len() {
+            candle_core::bail!(
+                "KV cache has {} layers, model has {}",
+                cache.layers.len(),
+                self.layers.len()
+            )
+        }
+        let offset = cache.len;
+        // A single new query may attend to every cached key, so it needs no mask.
+        let mask = if l > 1 {
+            Some(causal_mask(l, offset, self.dtype, &self.device)?)
+        } else {
+            None
+        };
+        let mut xs = embeds.to_dtype(self.dtype)?;
+        let mut updated = Vec::with_capacity(self.layers.len());
+        for (layer, past) in self.layers.iter().zip(&cache.layers) {
+            let (ys, kv) = layer.forward(&xs, &self.rope, offset, mask.as_ref(), past.as_ref())?;
+            xs = ys;
+            updated.push(Some(kv));
+        }
+        let last = xs.narrow(1, l - 1, 1)?.contiguous()?;
+        let logits = self.lm_head.forward(&self.norm.forward(&last)?)?;
+        let logits = logits.flatten_all()?.to_dtype(DType::F32)?;
+        cache.layers = updated;
+        cache.len = offset + l;
+        Ok(logits)
+    }
+
+    /// [`Self::forward_embeds`] for plain token ids (text-only prompts, decoding steps).
+    pub fn forward_tokens(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let ids = Tensor::new(ids, &self.device)?;
+        self.forward_embeds(&self.embed_tokens(&ids)?.unsqueeze(0)?, cache)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn model_and_cache_are_shareable() {
+        assert_send_sync::<DecoderLm>();
+        assert_send_sync::<KvCache>();
+    }
+
+    /// A tiny random model; `moe` switches the FFN to 4 experts / top-2, `bias` adds q/k/v bias.
+    pub(crate) fn tiny(moe: bool, bias: bool, tie: bool, dtype: DType) -> Result<DecoderLm> {
+        let cfg = DecoderConfig::from_json_str(&format!(
+            r#"{{"vocab_size": 50, "hidden_size": 16, "intermediate_size": 24,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 128,
+                "tie_word_embeddings": {tie}, "attention_bias": {bias}
+                {}}}"#,
+            if moe {
+                r#", "num_local_experts": 4, "num_experts_per_tok": 2"#
+            } else {
+                ""
+            }
+        ))?;
+        let mut seed = 7u64;
+        let mut rnd = |shape: &[usize], scale: f32| {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (((seed >> 33) as f64 / (1u64 << 31) as f64) as f32 * 2.0 - 1.0) * scale
+                })
+                .collect();
+            Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+        };
+        let (h, i, v, q, kv) = (16, 24, 50, cfg.q_dim(), cfg.kv_dim());
+        let mut ts = HashMap::new();
+        ts.insert("model.embed_tokens.weight".into(), rnd(&[v, h], 1.0));
+        ts.insert("model.norm.weight".into(), (rnd(&[h], 0.1) + 1.0).unwrap());
+        if !tie {
+            ts.insert("lm_head.weight".into(), rnd(&[v, h], 0.5));
+        }
+        for l in 0..2 {
+            let p = format!("model.layers.{l}");
+            ts.insert(
+                format!("{p}.input_layernorm.weight"),
+                (rnd(&[h], 0.1) + 1.0).unwrap(),
+            );
+            ts.insert(
+                format!("{p}.post_attention_layernorm.weight"),
+                (rnd(&[h], 0.1) + 1.0).unwrap(),
+            );
+            for (n, o) in [("q", q), ("k", kv), ("v", kv)] {
+                ts.insert(format!("{p}.self_attn.{n}_proj.weight"), rnd(&[o, h], 0.4));
+                if bias {
+                    ts.insert(format!("{p}.self_attn.{n}_proj.bias"), rnd(&[o], 0.2));
+                }
+            }
+            ts.insert(format!("{p}.self_attn.o_proj.weight"), rnd(&[h, q], 0.4));
+            if moe {
+                ts.insert(
+                    format!("{p}.block_sparse_moe.gate.weight"),
+                    rnd(&[4, h], 0.8),
+                );
+                for e in 0..4 {
+                    let pe = format!("{p}.block_sparse_moe.experts.{e}");
+                    ts.insert(format!("{pe}.w1.weight"), rnd(&[i, h], 0.4));
+                    ts.insert(format!("{pe}.w3.weight"), rnd(&[i, h], 0.4));
+                    ts.insert(format!("{pe}.w2.weight"), rnd(&[h, i], 0.4));
+                }
+            } else {
+                ts.insert(format!("{p}.mlp.gate_proj.weight"), rnd(&[i, h], 0.4));
+                ts.insert(format!("{p}.mlp.up_proj.weight"), rnd(&[i, h], 0.4));
+                ts.insert(format!("{p}.mlp.down_proj.weight"), rnd(&[h, i], 0.4));
+            }
+        }
+        DecoderLm::new(&cfg, VarBuilder::from_tensors(ts, dtype, &Device::Cpu))
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Prefill in one call, in chunks, and one token at a time must agree on the last logits.
+    #[test]
+    fn kv_cache_prefill_equals_incremental() -> Result<()> {
+        for (moe, bias, tie) in [
+            (false, false, false),
+            (false, true, true),
+            (true, false, false),
+        ] {
+            let m = tiny(moe, bias, tie, DType::F32)?;
+            let ids: Vec<u32> = vec![3, 17, 42, 8, 8, 1, 29, 49, 0];
+            let mut c_all = m.new_cache();
+            let all = m.forward_tokens(&ids, &mut c_all)?;
+            let mut c_one = m.new_cache();
+            let mut one = None;
+            for id in &ids {
+                one = Some(m.forward_tokens(&[*id], &mut c_one)?);
+            }
+            let mut c_chunk = m.new_cache();
+            m.forward_tokens(&ids[..4], &mut c_chunk)?;
+            let chunk = m.forward_tokens(&ids[4..], &mut c_chunk)?;
+            assert_eq!(c_all.len(), ids.len());
+            assert_eq!(c_one.len(), ids.len());
+            assert_eq!(all.dims(), &[50]);
+            let d1 = max_diff(&all, &one.unwrap());
+            let d2 = max_diff(&all, &chunk);
+            assert!(d1 < 1e-5 && d2 < 1e-5, "moe={moe} bias={bias}: {d1} {d2}");
+            assert_eq!(c_all.layer(0).unwrap().0.dims(), &[1, 2, ids.len(), 4]);
+        }
+        Ok(())
+    }
+
+    /// f16/bf16 compute runs end to end and stays close to f32 on a tiny model.
+    #[test]
+    fn half_precision_forward_is_close_to_f32() -> Result<()> {
+        let ids = [5u32, 9, 12, 33];
+        let m32 = tiny(true, true, false, DType::F32)?;
+        let ref_logits = m32.forward_tokens(&ids, &mut m32.new_cache())?;
+        for dt in [DType::F16, DType::BF16] {
+            let m = tiny(true, true, false, dt)?;
+            assert_eq!(m.dtype(), dt);
+            let mut c = m.new_cache();
+            m.forward_tokens(&ids[..3], &mut c)?;
+            let l = m.forward_tokens(&ids[3..], &mut c)?;
+            assert_eq!(l.dtype(), DType::F32);
+            let d = max_diff(&l, &ref_logits);
+            let tol = if dt == DType::F16 { 0.05 } else { 0.2 };
+            assert!(d < tol, "{dt:?}: {d}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn cache_reset_and_shape_errors() -> Result<()> {
+        let m = tiny(false, false, false, DType::F32)?;
+        let mut c = m.new_cache();
+        let a = m.forward_tokens(&[1, 2, 3], &mut c)?;
+        c.reset();
+        assert!(c.is_empty());
+        let b = m.forward_tokens(&[1, 2, 3], &mut c)?;
+        assert_eq!(max_diff(&a, &b), 0.0);
+        let bad = Tensor::zeros((1, 2, 7), DType::F32, &Device::Cpu)?;
+        assert!(m.forward_embeds(&bad, &mut c).is_err());
+        assert_eq!(c.len(), 3, "a failed forward must not touch the cache");
+        Ok(())
+    }
+}
