@@ -32,7 +32,10 @@ pub fn find_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         for shard in shards {
             let path = dir.join(shard);
             if !path.is_file() {
-                return Err(PipelineError::file(&path, format!("shard listed in {} is missing", index.display())));
+                return Err(PipelineError::file(
+                    &path,
+                    format!("shard listed in {} is missing", index.display()),
+                ));
             }
             files.push(path);
         }
@@ -42,7 +45,10 @@ pub fn find_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if single.is_file() {
         return Ok(vec![single]);
     }
-    Err(PipelineError::file(dir, "no model.safetensors or model.safetensors.index.json in this folder"))
+    Err(PipelineError::file(
+        dir,
+        "no model.safetensors or model.safetensors.index.json in this folder",
+    ))
 }
 
 #[derive(Default)]
@@ -63,7 +69,14 @@ struct RecordingBackend {
 }
 
 impl SimpleBackend for RecordingBackend {
-    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let mut log = self.log.lock().expect("checkpoint access log poisoned");
         match self.st.get(name) {
             Err(_) => {
@@ -73,7 +86,11 @@ impl SimpleBackend for RecordingBackend {
             Ok(view) => {
                 log.used.insert(name.to_string());
                 if view.shape() != s.dims() {
-                    log.mismatched.push(format!("{name}: checkpoint has {:?}, model expects {:?}", view.shape(), s.dims()));
+                    log.mismatched.push(format!(
+                        "{name}: checkpoint has {:?}, model expects {:?}",
+                        view.shape(),
+                        s.dims()
+                    ));
                     return Tensor::zeros(s, dtype, dev);
                 }
                 drop(log);
@@ -115,10 +132,16 @@ impl Checkpoint {
         Self::open_files(dir, files, dtype, device)
     }
 
-    pub fn open_files(dir: &Path, files: Vec<PathBuf>, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn open_files(
+        dir: &Path,
+        files: Vec<PathBuf>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         // SAFETY: the files are memory-mapped read-only; like every mmap-based loader we
         // rely on them not being truncated while the process runs.
-        let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| PipelineError::file(dir, format!("cannot read safetensors: {e}")))?;
+        let st = unsafe { MmapedSafetensors::multi(&files) }
+            .map_err(|e| PipelineError::file(dir, format!("cannot read safetensors: {e}")))?;
         let mut names = Vec::new();
         let mut dtypes = HashMap::new();
         for (name, view) in st.tensors() {
@@ -127,9 +150,19 @@ impl Checkpoint {
         }
         names.sort();
         let log = Arc::new(Mutex::new(AccessLog::default()));
-        let backend = RecordingBackend { st, log: log.clone() };
+        let backend = RecordingBackend {
+            st,
+            log: log.clone(),
+        };
         let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
-        Ok(Self { dir: dir.to_path_buf(), files, names, dtypes, log, vb })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            files,
+            names,
+            dtypes,
+            log,
+            vb,
+        })
     }
 
     pub fn var_builder(&self) -> VarBuilder<'static> {
@@ -154,11 +187,23 @@ impl Checkpoint {
         let log = self.log.lock().expect("checkpoint access log poisoned");
         if !log.missing.is_empty() {
             let names: Vec<_> = log.missing.iter().cloned().collect();
-            return Err(PipelineError::MissingTensors { dir: self.dir.clone(), count: names.len(), names: names.join(", ") });
+            return Err(PipelineError::MissingTensors {
+                dir: self.dir.clone(),
+                count: names.len(),
+                names: names.join(", "),
+            });
         }
         if !log.mismatched.is_empty() {
-            return Err(PipelineError::ShapeMismatch { dir: self.dir.clone(), details: log.mismatched.join("; ") });
+            return Err(PipelineError::ShapeMismatch {
+                dir: self.dir.clone(),
+                details: log.mismatched.join("; "),
+            });
         }
-        Ok(self.names.iter().filter(|n| !log.used.contains(*n)).cloned().collect())
+        Ok(self
+            .names
+            .iter()
+            .filter(|n| !log.used.contains(*n))
+            .cloned()
+            .collect())
     }
 }

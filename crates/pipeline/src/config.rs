@@ -30,11 +30,31 @@ struct FamilyEntry {
 }
 
 const FAMILIES: &[FamilyEntry] = &[
-    FamilyEntry { model_type: "videollama2", family: LlmFamily::Mistral, system_message: true },
-    FamilyEntry { model_type: "videollama2_mistral", family: LlmFamily::Mistral, system_message: true },
-    FamilyEntry { model_type: "videollama2_mixtral", family: LlmFamily::Mixtral, system_message: true },
-    FamilyEntry { model_type: "videollama2_qwen2", family: LlmFamily::Qwen2, system_message: false },
-    FamilyEntry { model_type: "videollama2_llama", family: LlmFamily::Llama, system_message: false },
+    FamilyEntry {
+        model_type: "videollama2",
+        family: LlmFamily::Mistral,
+        system_message: true,
+    },
+    FamilyEntry {
+        model_type: "videollama2_mistral",
+        family: LlmFamily::Mistral,
+        system_message: true,
+    },
+    FamilyEntry {
+        model_type: "videollama2_mixtral",
+        family: LlmFamily::Mixtral,
+        system_message: true,
+    },
+    FamilyEntry {
+        model_type: "videollama2_qwen2",
+        family: LlmFamily::Qwen2,
+        system_message: false,
+    },
+    FamilyEntry {
+        model_type: "videollama2_llama",
+        family: LlmFamily::Llama,
+        system_message: false,
+    },
 ];
 
 impl LlmFamily {
@@ -102,17 +122,28 @@ impl ModelConfig {
     pub fn from_value(raw: serde_json::Value) -> Result<Self> {
         let mm: MultimodalConfig = serde_json::from_value(raw.clone())
             .map_err(|e| PipelineError::Invalid(format!("not a VideoLLaMA2 config.json: {e}")))?;
-        let entry = FAMILIES.iter().find(|f| f.model_type == mm.model_type).ok_or_else(|| {
-            let supported: Vec<_> = FAMILIES.iter().map(|f| f.model_type).collect();
-            PipelineError::UnknownModelType(mm.model_type.clone(), supported.join(", "))
-        })?;
+        let entry = FAMILIES
+            .iter()
+            .find(|f| f.model_type == mm.model_type)
+            .ok_or_else(|| {
+                let supported: Vec<_> = FAMILIES.iter().map(|f| f.model_type).collect();
+                PipelineError::UnknownModelType(mm.model_type.clone(), supported.join(", "))
+            })?;
         let mut llm: videollama_llm::DecoderConfig = serde_json::from_value(raw.clone())
             .map_err(|e| PipelineError::Invalid(format!("language-model fields: {e}")))?;
         llm.attention_bias = entry.family.attention_bias();
         if entry.family == LlmFamily::Mixtral && llm.num_local_experts.is_none() {
-            return Err(PipelineError::Invalid("videollama2_mixtral config has no num_local_experts".into()));
+            return Err(PipelineError::Invalid(
+                "videollama2_mixtral config has no num_local_experts".into(),
+            ));
         }
-        Ok(Self { mm, llm, family: entry.family, system_message: entry.system_message, raw })
+        Ok(Self {
+            mm,
+            llm,
+            family: entry.family,
+            system_message: entry.system_message,
+            raw,
+        })
     }
 
     /// Does this checkpoint have an audio branch?

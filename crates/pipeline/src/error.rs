@@ -13,13 +13,22 @@ pub enum PipelineError {
     #[error("unknown model_type {0:?} in config.json; supported: {1}")]
     UnknownModelType(String, String),
     #[error("checkpoint {dir}: {count} required tensor(s) missing: {names}")]
-    MissingTensors { dir: PathBuf, count: usize, names: String },
+    MissingTensors {
+        dir: PathBuf,
+        count: usize,
+        names: String,
+    },
     #[error("checkpoint {dir}: tensor shape mismatch: {details}")]
     ShapeMismatch { dir: PathBuf, details: String },
     #[error("vision tower {name:?} not found; looked in: {tried}")]
     VisionTowerNotFound { name: String, tried: String },
     #[error("prompt is too long: {tokens} tokens (text + {visual} media tokens) + {new} new tokens exceed the model context of {context}")]
-    PromptTooLong { tokens: usize, visual: usize, new: usize, context: usize },
+    PromptTooLong {
+        tokens: usize,
+        visual: usize,
+        new: usize,
+        context: usize,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
@@ -30,12 +39,18 @@ pub type Result<T> = std::result::Result<T, PipelineError>;
 
 impl PipelineError {
     pub fn file(path: impl Into<PathBuf>, cause: impl std::fmt::Display) -> Self {
-        PipelineError::File { path: path.into(), cause: cause.to_string() }
+        PipelineError::File {
+            path: path.into(),
+            cause: cause.to_string(),
+        }
     }
 }
 
 /// Read a JSON file into a value, naming the file in every error.
 pub fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|e| PipelineError::file(path, e))?;
-    serde_json::from_str(&text).map_err(|e| PipelineError::Json { path: path.to_path_buf(), cause: e.to_string() })
+    serde_json::from_str(&text).map_err(|e| PipelineError::Json {
+        path: path.to_path_buf(),
+        cause: e.to_string(),
+    })
 }

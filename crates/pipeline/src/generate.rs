@@ -47,7 +47,12 @@ pub fn generate(
     let prompt_len = inputs_embeds.dim(0)?;
     let context = llm.config().max_position_embeddings;
     if prompt_len >= context {
-        return Err(PipelineError::PromptTooLong { tokens: prompt_len, visual: 0, new: opts.max_new_tokens, context });
+        return Err(PipelineError::PromptTooLong {
+            tokens: prompt_len,
+            visual: 0,
+            new: opts.max_new_tokens,
+            context,
+        });
     }
     let mut cache = llm.new_cache();
     let mut processor = LogitsProcessor::new(opts.sampling.clone());
@@ -81,6 +86,16 @@ pub fn generate(
         }
         logits = llm.forward_tokens(&[next], &mut cache)?;
     }
-    let logits_steps = if opts.record_logits && !recorded.is_empty() { Some(Tensor::stack(&recorded, 0)?) } else { None };
-    Ok(Generation { token_ids, stop_reason, prefill_seconds, decode_seconds: decode_start.elapsed().as_secs_f64(), logits_steps })
+    let logits_steps = if opts.record_logits && !recorded.is_empty() {
+        Some(Tensor::stack(&recorded, 0)?)
+    } else {
+        None
+    };
+    Ok(Generation {
+        token_ids,
+        stop_reason,
+        prefill_seconds,
+        decode_seconds: decode_start.elapsed().as_secs_f64(),
+        logits_steps,
+    })
 }

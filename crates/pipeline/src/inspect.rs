@@ -71,33 +71,45 @@ pub fn inspect_config(config_path: &Path) -> Result<InspectReport> {
         hidden_size: llm.hidden_size,
         layers: llm.num_hidden_layers,
         attention_heads: llm.num_attention_heads,
-        kv_heads: llm.num_key_value_heads(),
+        kv_heads: llm.num_key_value_heads,
         intermediate_size: llm.intermediate_size,
         vocab_size: llm.vocab_size,
         experts: llm.num_local_experts,
         max_position_embeddings: llm.max_position_embeddings,
     };
-    let mut parameters = ParameterCounts { llm: llm.param_count(), ..Default::default() };
-    let mut tokens = TokenCounts { video: None, image: None };
+    let mut parameters = ParameterCounts {
+        llm: llm.param_count(),
+        ..Default::default()
+    };
+    let mut tokens = TokenCounts {
+        video: None,
+        image: None,
+    };
     let mut vision = None;
     if let Some(name) = &config.mm.mm_vision_tower {
         let tower = resolve_vision_tower(name, dir)?;
         let projector = config.mm.mm_projector_type.clone().unwrap_or_default();
-        let projector_type: ProjectorType = projector.parse().map_err(|e| PipelineError::file(config_path, e))?;
+        let projector_type: ProjectorType = projector
+            .parse()
+            .map_err(|e| PipelineError::file(config_path, e))?;
         let connector = ConnectorConfig {
             projector_type,
-            mm_hidden_size: config.mm.mm_hidden_size.unwrap_or(tower.config.hidden_size()),
+            mm_hidden_size: config
+                .mm
+                .mm_hidden_size
+                .unwrap_or(tower.config.hidden_size()),
             hidden_size: config.mm.hidden_size,
         };
         parameters.vision_tower = tower.config.param_count();
         parameters.connector = connector.param_count();
-        let per_frame = tower.config.num_patches() + usize::from(config.mm.mm_vision_select_feature == "cls_patch");
+        let per_frame = tower.config.num_patches()
+            + usize::from(config.mm.mm_vision_select_feature == "cls_patch");
         let n = connector.num_tokens(config.mm.num_frames, per_frame);
         tokens.video = Some(n);
         tokens.image = Some(n);
         vision = Some(VisionSummary {
             tower: name.clone(),
-            kind: tower.config.kind().to_string(),
+            kind: format!("{:?}", tower.config.kind()).to_lowercase(),
             image_size: tower.config.image_size(),
             patch_grid: tower.config.patches_per_side(),
             hidden_size: tower.config.hidden_size(),
@@ -107,5 +119,12 @@ pub fn inspect_config(config_path: &Path) -> Result<InspectReport> {
         });
     }
     parameters.total = parameters.llm + parameters.vision_tower + parameters.connector;
-    Ok(InspectReport { model_type: config.mm.model_type.clone(), num_frames: config.mm.num_frames, llm: llm_summary, vision, parameters, tokens })
+    Ok(InspectReport {
+        model_type: config.mm.model_type.clone(),
+        num_frames: config.mm.num_frames,
+        llm: llm_summary,
+        vision,
+        parameters,
+        tokens,
+    })
 }

@@ -17,6 +17,7 @@ pub mod generate;
 pub mod inspect;
 pub mod model;
 pub mod prompt;
+pub mod text;
 pub mod tower;
 
 pub use error::{PipelineError, Result};
@@ -64,11 +65,18 @@ pub struct EncodedMedia {
 
 impl EncodedMedia {
     pub fn text_only() -> Self {
-        Self { modality: Modality::Text, visual: None, vision_seconds: 0.0 }
+        Self {
+            modality: Modality::Text,
+            visual: None,
+            vision_seconds: 0.0,
+        }
     }
     /// Number of embeddings the media put into the LLM sequence.
     pub fn media_tokens(&self) -> usize {
-        self.visual.as_ref().map(|v| v.connector_out.dim(0).unwrap_or(0)).unwrap_or(0)
+        self.visual
+            .as_ref()
+            .map(|v| v.connector_out.dim(0).unwrap_or(0))
+            .unwrap_or(0)
     }
 }
 
@@ -90,7 +98,15 @@ pub struct AnswerOptions {
 impl Default for AnswerOptions {
     fn default() -> Self {
         // mm_infer's defaults: greedy, max_new_tokens 2048.
-        Self { max_new_tokens: 2048, temperature: None, top_p: None, top_k: None, repetition_penalty: None, seed: 0, collect_tensors: false }
+        Self {
+            max_new_tokens: 2048,
+            temperature: None,
+            top_p: None,
+            top_k: None,
+            repetition_penalty: None,
+            seed: 0,
+            collect_tensors: false,
+        }
     }
 }
 
@@ -117,7 +133,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dtype: DType::F32, device: Device::Cpu }
+        Self {
+            dtype: DType::F32,
+            device: Device::Cpu,
+        }
     }
 }
 
@@ -139,23 +158,38 @@ impl Pipeline {
         }
         let config_path = dir.join("config.json");
         if !config_path.is_file() {
-            return Err(PipelineError::file(&config_path, "missing; is this a Hugging Face model folder?"));
+            return Err(PipelineError::file(
+                &config_path,
+                "missing; is this a Hugging Face model folder?",
+            ));
         }
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.is_file() {
             return Err(PipelineError::file(&tok_path, "missing (convert a SentencePiece-only checkpoint with transformers' fast tokenizer first)"));
         }
-        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| PipelineError::file(&tok_path, e))?;
-        let template = prompt::ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
+        let tokenizer =
+            Tokenizer::from_file(&tok_path).map_err(|e| PipelineError::file(&tok_path, e))?;
+        let template =
+            prompt::ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
         let gen_path = dir.join("generation_config.json");
         let generation_config = if gen_path.is_file() {
             let json = error::read_json(&gen_path)?;
-            serde_json::from_value(json).map_err(|e| PipelineError::Json { path: gen_path.clone(), cause: e.to_string() })?
+            serde_json::from_value(json).map_err(|e| PipelineError::Json {
+                path: gen_path.clone(),
+                cause: e.to_string(),
+            })?
         } else {
             GenerationConfig::default()
         };
         let model = VideoLlama2::load(dir, opts.dtype, &opts.device)?;
-        Ok(Self { dir: dir.to_path_buf(), model, tokenizer, template, generation_config, load_seconds: start.elapsed().as_secs_f64() })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            model,
+            tokenizer,
+            template,
+            generation_config,
+            load_seconds: start.elapsed().as_secs_f64(),
+        })
     }
 
     /// Run the vision tower and connector once for this media.
@@ -163,17 +197,29 @@ impl Pipeline {
         let start = Instant::now();
         let (modality, visual) = match media {
             MediaInput::None => (Modality::Text, None),
-            MediaInput::VideoPixels(px) => (Modality::Video, Some(self.model.encode_visual(px, false)?)),
-            MediaInput::ImagePixels(px) => (Modality::Image, Some(self.model.encode_visual(px, true)?)),
+            MediaInput::VideoPixels(px) => {
+                (Modality::Video, Some(self.model.encode_visual(px, false)?))
+            }
+            MediaInput::ImagePixels(px) => {
+                (Modality::Image, Some(self.model.encode_visual(px, true)?))
+            }
         };
-        Ok(EncodedMedia { modality, visual, vision_seconds: start.elapsed().as_secs_f64() })
+        Ok(EncodedMedia {
+            modality,
+            visual,
+            vision_seconds: start.elapsed().as_secs_f64(),
+        })
     }
 
     /// Ids that end generation: generation_config's eos list plus the tokenizer's
     /// eos token (the reference adds a `KeywordsStoppingCriteria` on it).
     pub fn eos_ids(&self) -> Vec<u32> {
         let mut ids = self.generation_config.eos_ids();
-        if let Some(eos) = self.template.eos_token().and_then(|t| self.tokenizer.token_to_id(t)) {
+        if let Some(eos) = self
+            .template
+            .eos_token()
+            .and_then(|t| self.tokenizer.token_to_id(t))
+        {
             if !ids.contains(&eos) {
                 ids.push(eos);
             }
@@ -183,7 +229,11 @@ impl Pipeline {
 
     /// Render the conversation and tokenize it the way `mm_infer` does.
     pub fn build_prompt(&self, turns: &[String], modality: Modality) -> Result<(String, Vec<i64>)> {
-        let system = if self.model.config.system_message { Some(prompt::MISTRAL_SYSTEM_MESSAGE) } else { None };
+        let system = if self.model.config.system_message {
+            Some(prompt::MISTRAL_SYSTEM_MESSAGE)
+        } else {
+            None
+        };
         let messages = prompt::build_messages(turns, modality, system);
         let text = self.template.render(&messages, true)?;
         let ids = prompt::tokenize_multimodal(&self.tokenizer, &text, modality)?;
@@ -201,17 +251,28 @@ impl Pipeline {
         mut on_text: impl FnMut(&str) -> bool,
     ) -> Result<Answer> {
         if turns.is_empty() || turns.len() % 2 == 0 {
-            return Err(PipelineError::Invalid("a conversation must end with a user turn".into()));
+            return Err(PipelineError::Invalid(
+                "a conversation must end with a user turn".into(),
+            ));
         }
         let start = Instant::now();
         let (prompt_text, input_ids) = self.build_prompt(turns, media.modality)?;
-        let media_blocks: Vec<Tensor> = media.visual.iter().map(|v| v.connector_out.clone()).collect();
+        let media_blocks: Vec<Tensor> = media
+            .visual
+            .iter()
+            .map(|v| v.connector_out.clone())
+            .collect();
         let inputs_embeds = self.model.splice(&input_ids, &media_blocks)?;
         let prompt_tokens = inputs_embeds.dim(0)?;
         let visual_tokens = media.media_tokens();
         let context = self.model.config.llm.max_position_embeddings;
         if prompt_tokens >= context {
-            return Err(PipelineError::PromptTooLong { tokens: prompt_tokens - visual_tokens, visual: visual_tokens, new: opts.max_new_tokens, context });
+            return Err(PipelineError::PromptTooLong {
+                tokens: prompt_tokens - visual_tokens,
+                visual: visual_tokens,
+                new: opts.max_new_tokens,
+                context,
+            });
         }
         let prompt_s = start.elapsed().as_secs_f64();
 
@@ -223,33 +284,43 @@ impl Pipeline {
             repetition_penalty: opts.repetition_penalty.or(gc.repetition_penalty),
             seed: opts.seed,
         };
-        let gen_opts = GenerateOptions { max_new_tokens: opts.max_new_tokens, sampling, eos_ids: self.eos_ids(), record_logits: opts.collect_tensors };
-        let mut stream = self.tokenizer.decode_stream(true);
-        let mut first = true;
+        let gen_opts = GenerateOptions {
+            max_new_tokens: opts.max_new_tokens,
+            sampling,
+            eos_ids: self.eos_ids(),
+            record_logits: opts.collect_tensors,
+        };
+        let mut stream = text::StreamDecoder::new(&self.tokenizer);
         let mut stream_error = None;
-        let generation = generate::generate(&self.model.llm, &inputs_embeds, &gen_opts, |id| match stream.step(id) {
-            Ok(Some(piece)) => {
-                // The reference strips the answer; drop leading whitespace of the stream too.
-                let piece = if first { piece.trim_start().to_string() } else { piece };
-                if piece.is_empty() {
-                    return true;
-                }
-                first = false;
-                on_text(&piece)
-            }
-            Ok(None) => true,
-            Err(e) => {
-                stream_error = Some(e.to_string());
-                true
-            }
-        })?;
+        let mut cancelled_by_sink = false;
+        let generation =
+            generate::generate(
+                &self.model.llm,
+                &inputs_embeds,
+                &gen_opts,
+                |id| match stream.push(id) {
+                    Ok(Some(piece)) => {
+                        let keep_going = on_text(&piece);
+                        cancelled_by_sink |= !keep_going;
+                        keep_going
+                    }
+                    Ok(None) => true,
+                    Err(e) => {
+                        stream_error = Some(e.to_string());
+                        true
+                    }
+                },
+            )?;
         if let Some(e) = stream_error {
             tracing::warn!("streaming decode: {e}");
         }
-        let answer = self
-            .tokenizer
-            .decode(&generation.token_ids, true)
-            .map_err(|e| PipelineError::Invalid(format!("decoding the answer failed: {e}")))?
+        if !cancelled_by_sink {
+            if let Some(rest) = stream.finish()? {
+                on_text(&rest);
+            }
+        }
+        let answer = text::TextDecoder::new(&self.tokenizer)
+            .decode(&generation.token_ids)?
             .trim()
             .to_string();
         let n_new = generation.token_ids.len();
@@ -260,22 +331,47 @@ impl Pipeline {
             prefill_s: generation.prefill_seconds,
             decode_s: generation.decode_seconds,
             total_s: start.elapsed().as_secs_f64() + media.vision_seconds,
-            decode_tokens_per_s: if generation.decode_seconds > 0.0 { n_new.saturating_sub(1) as f64 / generation.decode_seconds } else { 0.0 },
+            decode_tokens_per_s: if generation.decode_seconds > 0.0 {
+                n_new.saturating_sub(1) as f64 / generation.decode_seconds
+            } else {
+                0.0
+            },
         };
         let mut tensors = HashMap::new();
         if opts.collect_tensors {
             let dev = &Device::Cpu;
             if let Some(v) = &media.visual {
-                tensors.insert("pixel_values".to_string(), v.pixel_values.to_dtype(DType::F32)?);
-                tensors.insert("vision_features".to_string(), v.vision_features.to_dtype(DType::F32)?);
-                tensors.insert("connector_out".to_string(), v.connector_out.to_dtype(DType::F32)?);
+                tensors.insert(
+                    "pixel_values".to_string(),
+                    v.pixel_values.to_dtype(DType::F32)?,
+                );
+                tensors.insert(
+                    "vision_features".to_string(),
+                    v.vision_features.to_dtype(DType::F32)?,
+                );
+                tensors.insert(
+                    "connector_out".to_string(),
+                    v.connector_out.to_dtype(DType::F32)?,
+                );
             }
-            tensors.insert("input_ids".to_string(), Tensor::new(input_ids.as_slice(), dev)?);
-            tensors.insert("inputs_embeds".to_string(), inputs_embeds.to_dtype(DType::F32)?);
+            tensors.insert(
+                "input_ids".to_string(),
+                Tensor::new(input_ids.as_slice(), dev)?,
+            );
+            tensors.insert(
+                "inputs_embeds".to_string(),
+                inputs_embeds.to_dtype(DType::F32)?,
+            );
             let gen_ids: Vec<i64> = generation.token_ids.iter().map(|&i| i as i64).collect();
-            tensors.insert("generated_ids".to_string(), Tensor::new(gen_ids.as_slice(), dev)?);
+            tensors.insert(
+                "generated_ids".to_string(),
+                Tensor::new(gen_ids.as_slice(), dev)?,
+            );
             if let Some(steps) = &generation.logits_steps {
-                tensors.insert("logits_last".to_string(), steps.get(0)?.to_dtype(DType::F32)?);
+                tensors.insert(
+                    "logits_last".to_string(),
+                    steps.get(0)?.to_dtype(DType::F32)?,
+                );
                 tensors.insert("logits_steps".to_string(), steps.to_dtype(DType::F32)?);
             }
         }
@@ -283,7 +379,10 @@ impl Pipeline {
             answer,
             token_ids: generation.token_ids,
             prompt: prompt_text,
-            text_tokens: input_ids.iter().filter(|&&i| !prompt::is_placeholder(i)).count(),
+            text_tokens: input_ids
+                .iter()
+                .filter(|&&i| !prompt::is_placeholder(i))
+                .count(),
             input_ids,
             prompt_tokens,
             visual_tokens,

@@ -69,26 +69,43 @@ impl VideoLlama2 {
                     &config.mm.mm_vision_select_feature,
                     vb.pp(VISION_TOWER_PREFIX),
                 )?;
-                let projector = config
-                    .mm
-                    .mm_projector_type
-                    .as_deref()
-                    .ok_or_else(|| PipelineError::Invalid("config.json has mm_vision_tower but no mm_projector_type".into()))?;
-                let projector_type: ProjectorType = projector.parse().map_err(|e| PipelineError::Invalid(format!("config.json: {e}")))?;
+                let projector = config.mm.mm_projector_type.as_deref().ok_or_else(|| {
+                    PipelineError::Invalid(
+                        "config.json has mm_vision_tower but no mm_projector_type".into(),
+                    )
+                })?;
+                let projector_type: ProjectorType = projector
+                    .parse()
+                    .map_err(|e| PipelineError::Invalid(format!("config.json: {e}")))?;
                 let connector_config = ConnectorConfig {
                     projector_type,
-                    mm_hidden_size: config.mm.mm_hidden_size.unwrap_or(tower_info.config.hidden_size()),
+                    mm_hidden_size: config
+                        .mm
+                        .mm_hidden_size
+                        .unwrap_or(tower_info.config.hidden_size()),
                     hidden_size: config.mm.hidden_size,
                 };
                 let connector = Connector::new(&connector_config, vb.pp(PROJECTOR_PREFIX))?;
-                Some(VisualBranch { tower, tower_info, connector, connector_config })
+                Some(VisualBranch {
+                    tower,
+                    tower_info,
+                    connector,
+                    connector_config,
+                })
             }
         };
         let unused_tensors = ckpt.finish()?;
         for name in &unused_tensors {
             tracing::debug!(tensor = %name, "checkpoint tensor not used by the model");
         }
-        Ok(Self { config, llm, visual, device: vb.device().clone(), dtype: vb.dtype(), unused_tensors })
+        Ok(Self {
+            config,
+            llm,
+            visual,
+            device: vb.device().clone(),
+            dtype: vb.dtype(),
+            unused_tensors,
+        })
     }
 
     pub fn num_frames(&self) -> usize {
@@ -98,13 +115,17 @@ impl VideoLlama2 {
     /// Encode a video (`T×3×H×W`) or an image (`1×3×H×W`, repeated to `num_frames`
     /// identical frames like the reference) into connector tokens `[L, C]`.
     pub fn encode_visual(&self, pixel_values: &Tensor, is_image: bool) -> Result<EncodedVisual> {
-        let visual = self
-            .visual
-            .as_ref()
-            .ok_or_else(|| PipelineError::Invalid("this checkpoint has no vision tower (mm_vision_tower is not set)".into()))?;
-        let (t, c, h, w) = pixel_values
-            .dims4()
-            .map_err(|_| PipelineError::Invalid(format!("pixel_values must be T×3×H×W, got {:?}", pixel_values.dims())))?;
+        let visual = self.visual.as_ref().ok_or_else(|| {
+            PipelineError::Invalid(
+                "this checkpoint has no vision tower (mm_vision_tower is not set)".into(),
+            )
+        })?;
+        let (t, c, h, w) = pixel_values.dims4().map_err(|_| {
+            PipelineError::Invalid(format!(
+                "pixel_values must be T×3×H×W, got {:?}",
+                pixel_values.dims()
+            ))
+        })?;
         let size = visual.tower_info.config.image_size();
         if c != 3 || h != size || w != size {
             return Err(PipelineError::Invalid(format!(
@@ -116,14 +137,21 @@ impl VideoLlama2 {
             return Err(PipelineError::Invalid("pixel_values hold no frames".into()));
         }
         let frames = if is_image {
-            pixel_values.get(0)?.unsqueeze(0)?.repeat((self.num_frames(), 1, 1, 1))?
+            pixel_values
+                .get(0)?
+                .unsqueeze(0)?
+                .repeat((self.num_frames(), 1, 1, 1))?
         } else {
             pixel_values.clone()
         };
         let frames = frames.to_device(&self.device)?.to_dtype(self.dtype)?;
         let vision_features = visual.tower.forward(&frames)?;
         let connector_out = visual.connector.forward(&vision_features)?;
-        Ok(EncodedVisual { pixel_values: pixel_values.clone(), vision_features, connector_out })
+        Ok(EncodedVisual {
+            pixel_values: pixel_values.clone(),
+            vision_features,
+            connector_out,
+        })
     }
 
     /// `prepare_inputs_labels_for_multimodal` for batch 1: embed the text ids and put
@@ -144,19 +172,25 @@ impl VideoLlama2 {
         for &id in input_ids {
             if is_placeholder(id) {
                 flush(&mut text, &mut pieces)?;
-                let block = next_media
-                    .next()
-                    .ok_or_else(|| PipelineError::Invalid("the prompt has more media placeholders than media inputs".into()))?;
+                let block = next_media.next().ok_or_else(|| {
+                    PipelineError::Invalid(
+                        "the prompt has more media placeholders than media inputs".into(),
+                    )
+                })?;
                 pieces.push(block.to_dtype(self.dtype)?);
             } else if id < 0 || id as usize >= vocab {
-                return Err(PipelineError::Invalid(format!("token id {id} is outside the vocabulary (size {vocab})")));
+                return Err(PipelineError::Invalid(format!(
+                    "token id {id} is outside the vocabulary (size {vocab})"
+                )));
             } else {
                 text.push(id as u32);
             }
         }
         flush(&mut text, &mut pieces)?;
         if next_media.next().is_some() {
-            return Err(PipelineError::Invalid("media was given but the prompt has no placeholder for it".into()));
+            return Err(PipelineError::Invalid(
+                "media was given but the prompt has no placeholder for it".into(),
+            ));
         }
         Ok(Tensor::cat(&pieces, 0)?)
     }

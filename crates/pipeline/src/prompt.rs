@@ -64,7 +64,10 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: &str, content: impl Into<String>) -> Self {
-        Self { role: role.to_string(), content: content.into() }
+        Self {
+            role: role.to_string(),
+            content: content.into(),
+        }
     }
 }
 
@@ -79,7 +82,11 @@ pub fn build_messages(turns: &[String], modality: Modality, system: Option<&str>
     }
     for (i, turn) in turns.iter().enumerate() {
         if i % 2 == 0 {
-            let content = if i == 0 { format!("{}\n{}", modality.placeholder(), turn) } else { turn.clone() };
+            let content = if i == 0 {
+                format!("{}\n{}", modality.placeholder(), turn)
+            } else {
+                turn.clone()
+            };
             messages.push(Message::new("user", content));
         } else {
             messages.push(Message::new("assistant", turn.clone()));
@@ -96,7 +103,11 @@ pub struct ChatTemplate {
 }
 
 impl ChatTemplate {
-    pub fn new(template: &str, bos_token: Option<String>, eos_token: Option<String>) -> Result<Self> {
+    pub fn new(
+        template: &str,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+    ) -> Result<Self> {
         let mut env = Environment::new();
         let syntax = minijinja::syntax::SyntaxConfig::builder()
             .trim_blocks(true)
@@ -105,12 +116,22 @@ impl ChatTemplate {
             .map_err(|e| PipelineError::Invalid(format!("chat template syntax: {e}")))?;
         env.set_syntax(syntax);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_template_owned("chat", template.to_string())
             .map_err(|e| PipelineError::Invalid(format!("chat template does not parse: {e}")))?;
-        Ok(Self { env, bos_token: bos_token.unwrap_or_default(), eos_token: eos_token.unwrap_or_default() })
+        Ok(Self {
+            env,
+            bos_token: bos_token.unwrap_or_default(),
+            eos_token: eos_token.unwrap_or_default(),
+        })
     }
 
     /// Read `chat_template`, `bos_token` and `eos_token` from `tokenizer_config.json`
@@ -124,8 +145,15 @@ impl ChatTemplate {
                 .iter()
                 .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
                 .and_then(|t| t.get("template")?.as_str().map(str::to_string))
-                .ok_or_else(|| PipelineError::file(path, "chat_template list has no \"default\" entry"))?,
-            _ => return Err(PipelineError::file(path, "no chat_template; this checkpoint cannot be prompted like the reference")),
+                .ok_or_else(|| {
+                    PipelineError::file(path, "chat_template list has no \"default\" entry")
+                })?,
+            _ => {
+                return Err(PipelineError::file(
+                    path,
+                    "no chat_template; this checkpoint cannot be prompted like the reference",
+                ))
+            }
         };
         let token = |key: &str| -> Option<String> {
             match cfg.get(key)? {
@@ -143,20 +171,28 @@ impl ChatTemplate {
     }
 
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self.env.get_template("chat").map_err(|e| PipelineError::Invalid(e.to_string()))?;
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| PipelineError::Invalid(e.to_string()))?;
         let ctx = minijinja::context! {
-            messages => Value::from_serialize(messages),
+            messages => Value::from(minijinja::value::Serde(messages)),
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.clone(),
             eos_token => self.eos_token.clone(),
         };
-        tmpl.render(ctx).map_err(|e| PipelineError::Invalid(format!("rendering the chat template failed: {e}")))
+        tmpl.render(ctx)
+            .map_err(|e| PipelineError::Invalid(format!("rendering the chat template failed: {e}")))
     }
 }
 
 /// `tokenizer_multimodal_token`: split on the placeholder, tokenize every chunk
 /// separately without special tokens, and join with the placeholder id.
-pub fn tokenize_multimodal(tokenizer: &Tokenizer, prompt: &str, modality: Modality) -> Result<Vec<i64>> {
+pub fn tokenize_multimodal(
+    tokenizer: &Tokenizer,
+    prompt: &str,
+    modality: Modality,
+) -> Result<Vec<i64>> {
     let encode = |text: &str| -> Result<Vec<i64>> {
         let enc = tokenizer
             .encode(text, false)

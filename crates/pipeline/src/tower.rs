@@ -47,18 +47,32 @@ fn hf_snapshot(cache: &Path, repo: &str) -> Option<PathBuf> {
             return Some(dir);
         }
     }
-    let mut entries: Vec<_> = std::fs::read_dir(&snapshots).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(&snapshots)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
     entries.sort();
-    entries.into_iter().find(|d| d.join("config.json").is_file())
+    entries
+        .into_iter()
+        .find(|d| d.join("config.json").is_file())
 }
 
 pub fn resolve_vision_tower(name: &str, checkpoint_dir: &Path) -> Result<ResolvedTower> {
     match name {
         "openai/clip-vit-large-patch14-336" => {
-            return Ok(ResolvedTower { config: VisionTowerConfig::clip_vit_large_patch14_336(), preprocessor: None, dir: None })
+            return Ok(ResolvedTower {
+                config: VisionTowerConfig::clip_vit_large_patch14_336(),
+                preprocessor: None,
+                dir: None,
+            })
         }
         "google/siglip-so400m-patch14-384" => {
-            return Ok(ResolvedTower { config: VisionTowerConfig::siglip_so400m_patch14_384(), preprocessor: None, dir: None })
+            return Ok(ResolvedTower {
+                config: VisionTowerConfig::siglip_so400m_patch14_384(),
+                preprocessor: None,
+                dir: None,
+            })
         }
         _ => {}
     }
@@ -77,12 +91,24 @@ pub fn resolve_vision_tower(name: &str, checkpoint_dir: &Path) -> Result<Resolve
         let config_path = dir.join("config.json");
         if config_path.is_file() {
             let json = read_json(&config_path)?;
-            let config = VisionTowerConfig::from_config_json(&json).map_err(|e| PipelineError::file(&config_path, e))?;
+            let config = VisionTowerConfig::from_config_json(&json)
+                .map_err(|e| PipelineError::file(&config_path, e))?;
             let pre = dir.join("preprocessor_config.json");
-            let preprocessor = if pre.is_file() { Some(read_json(&pre)?) } else { None };
-            return Ok(ResolvedTower { config, preprocessor, dir: Some(dir.clone()) });
+            let preprocessor = if pre.is_file() {
+                Some(read_json(&pre)?)
+            } else {
+                None
+            };
+            return Ok(ResolvedTower {
+                config,
+                preprocessor,
+                dir: Some(dir.clone()),
+            });
         }
     }
     let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
-    Err(PipelineError::VisionTowerNotFound { name: name.to_string(), tried: tried.join(", ") })
+    Err(PipelineError::VisionTowerNotFound {
+        name: name.to_string(),
+        tried: tried.join(", "),
+    })
 }

@@ -9,7 +9,11 @@ use common::*;
 use videollama_pipeline::{AnswerOptions, LoadOptions, MediaInput, Pipeline};
 
 fn run_case(fixture: &str, case: &str) {
-    let pipeline = Pipeline::load(&golden(&format!("{fixture}/checkpoint")), &LoadOptions::default()).unwrap();
+    let pipeline = Pipeline::load(
+        &golden(&format!("{fixture}/checkpoint")),
+        &LoadOptions::default(),
+    )
+    .unwrap();
     let expected = load_tensors(&format!("{fixture}/{case}/expected.safetensors"));
     let meta = case_json(fixture, case);
     let question = meta["question"].as_str().unwrap().to_string();
@@ -22,22 +26,83 @@ fn run_case(fixture: &str, case: &str) {
     let encoded = pipeline.encode_media(&media).unwrap();
     let mut report = Vec::new();
     if let Some(v) = &encoded.visual {
-        report.push(("vision_features", assert_close("vision_features", &v.vision_features, &expected["vision_features"])));
-        report.push(("connector_out", assert_close("connector_out", &v.connector_out, &expected["connector_out"])));
+        report.push((
+            "vision_features",
+            assert_close(
+                "vision_features",
+                &v.vision_features,
+                &expected["vision_features"],
+            ),
+        ));
+        report.push((
+            "connector_out",
+            assert_close(
+                "connector_out",
+                &v.connector_out,
+                &expected["connector_out"],
+            ),
+        ));
     }
-    let opts = AnswerOptions { max_new_tokens: 12, collect_tensors: true, ..Default::default() };
-    let answer = pipeline.answer(&[question], &encoded, &opts, |_| true).unwrap();
+    let opts = AnswerOptions {
+        max_new_tokens: 12,
+        collect_tensors: true,
+        ..Default::default()
+    };
+    let answer = pipeline
+        .answer(&[question], &encoded, &opts, |_| true)
+        .unwrap();
 
-    assert_eq!(answer.prompt, meta["prompt"].as_str().unwrap(), "{fixture}/{case}: rendered prompt");
-    assert_eq!(answer.input_ids, ids_i64(&expected["input_ids"]), "{fixture}/{case}: input_ids");
+    assert_eq!(
+        answer.prompt,
+        meta["prompt"].as_str().unwrap(),
+        "{fixture}/{case}: rendered prompt"
+    );
+    assert_eq!(
+        answer.input_ids,
+        ids_i64(&expected["input_ids"]),
+        "{fixture}/{case}: input_ids"
+    );
     let t = &answer.tensors;
-    report.push(("inputs_embeds", assert_close("inputs_embeds", &t["inputs_embeds"], &expected["inputs_embeds"])));
-    report.push(("logits_last", assert_close("logits_last", &t["logits_last"], &expected["logits_last"])));
-    report.push(("logits_steps", assert_close("logits_steps", &t["logits_steps"], &expected["logits_steps"])));
-    let want_ids: Vec<u32> = ids_i64(&expected["generated_ids"]).into_iter().map(|i| i as u32).collect();
-    assert_eq!(answer.token_ids, want_ids, "{fixture}/{case}: generated_ids");
-    assert_eq!(answer.answer, meta["generated_text"].as_str().unwrap(), "{fixture}/{case}: generated_text");
-    assert_eq!(answer.visual_tokens, expected.get("connector_out").map(|c| c.dim(0).unwrap()).unwrap_or(0));
+    report.push((
+        "inputs_embeds",
+        assert_close(
+            "inputs_embeds",
+            &t["inputs_embeds"],
+            &expected["inputs_embeds"],
+        ),
+    ));
+    report.push((
+        "logits_last",
+        assert_close("logits_last", &t["logits_last"], &expected["logits_last"]),
+    ));
+    report.push((
+        "logits_steps",
+        assert_close(
+            "logits_steps",
+            &t["logits_steps"],
+            &expected["logits_steps"],
+        ),
+    ));
+    let want_ids: Vec<u32> = ids_i64(&expected["generated_ids"])
+        .into_iter()
+        .map(|i| i as u32)
+        .collect();
+    assert_eq!(
+        answer.token_ids, want_ids,
+        "{fixture}/{case}: generated_ids"
+    );
+    assert_eq!(
+        answer.answer,
+        meta["generated_text"].as_str().unwrap(),
+        "{fixture}/{case}: generated_text"
+    );
+    assert_eq!(
+        answer.visual_tokens,
+        expected
+            .get("connector_out")
+            .map(|c| c.dim(0).unwrap())
+            .unwrap_or(0)
+    );
     for (stage, rel) in report {
         eprintln!("{fixture}/{case} {stage}: max relative error {rel:.2e}");
     }
@@ -72,15 +137,32 @@ fn qwen2_text() {
 /// chunk-wise tokenization must give the same chunk ids.
 #[test]
 fn prompt_chunks_tokenize_like_the_reference() {
-    for (fixture, cases) in [("videollama2-mistral-tiny", &["video", "image"][..]), ("videollama2.1-qwen2-tiny", &["video", "image", "text"][..])] {
-        let tok = tokenizers::Tokenizer::from_file(golden(&format!("{fixture}/checkpoint/tokenizer.json"))).unwrap();
+    for (fixture, cases) in [
+        ("videollama2-mistral-tiny", &["video", "image"][..]),
+        ("videollama2.1-qwen2-tiny", &["video", "image", "text"][..]),
+    ] {
+        let tok = tokenizers::Tokenizer::from_file(golden(&format!(
+            "{fixture}/checkpoint/tokenizer.json"
+        )))
+        .unwrap();
         for case in cases {
             let meta = case_json(fixture, case);
             let chunks = meta["prompt_chunks"].as_array().unwrap();
             let want = meta["prompt_chunk_ids_slow"].as_array().unwrap();
             for (chunk, ids) in chunks.iter().zip(want) {
-                let got: Vec<u64> = tok.encode(chunk.as_str().unwrap(), false).unwrap().get_ids().iter().map(|&i| i as u64).collect();
-                let want: Vec<u64> = ids.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+                let got: Vec<u64> = tok
+                    .encode(chunk.as_str().unwrap(), false)
+                    .unwrap()
+                    .get_ids()
+                    .iter()
+                    .map(|&i| i as u64)
+                    .collect();
+                let want: Vec<u64> = ids
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap())
+                    .collect();
                 assert_eq!(got, want, "{fixture}/{case}: chunk {chunk}");
             }
         }

@@ -137,7 +137,12 @@ pub fn run() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     match cli.command {
-        Command::Ask { model, media, gen, question } => ask(&model, &media, &gen, &question),
+        Command::Ask {
+            model,
+            media,
+            gen,
+            question,
+        } => ask(&model, &media, &gen, &question),
         Command::Caption { model, media, gen } => {
             if media.video_pixels.is_none() && media.image_pixels.is_none() {
                 bail!("caption needs a video or an image (--video-pixels or --image-pixels)");
@@ -145,7 +150,11 @@ pub fn run() -> Result<()> {
             ask(&model, &media, &gen, prompt::CAPTION_PROMPT)
         }
         Command::Chat { model, media, gen } => chat(&model, &media, &gen),
-        Command::Inspect { model, config, json } => {
+        Command::Inspect {
+            model,
+            config,
+            json,
+        } => {
             let config = match (model, config) {
                 (Some(dir), _) => dir.join("config.json"),
                 (None, Some(cfg)) => cfg,
@@ -162,8 +171,12 @@ fn init_logging(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn spinner(msg: &str) -> indicatif::ProgressBar {
@@ -180,7 +193,13 @@ fn load(model: &ModelArgs) -> Result<Pipeline> {
         DtypeArg::Bf16 => DType::BF16,
     };
     let pb = spinner(&format!("loading {}", model.model.display()));
-    let pipeline = Pipeline::load(&model.model, &LoadOptions { dtype, device: Device::Cpu });
+    let pipeline = Pipeline::load(
+        &model.model,
+        &LoadOptions {
+            dtype,
+            device: Device::Cpu,
+        },
+    );
     pb.finish_and_clear();
     Ok(pipeline?)
 }
@@ -190,14 +209,19 @@ fn read_pixels(path: &Path) -> Result<Tensor> {
     if !path.is_file() {
         bail!("{}: no such file", path.display());
     }
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu).with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
     let t = match tensors.get("pixel_values") {
         Some(t) => t.clone(),
         None if tensors.len() == 1 => tensors.into_values().next().expect("one tensor"),
         None => bail!("{}: no tensor named pixel_values", path.display()),
     };
     if t.rank() != 4 {
-        bail!("{}: pixel_values must be T×3×H×W, got shape {:?}", path.display(), t.dims());
+        bail!(
+            "{}: pixel_values must be T×3×H×W, got shape {:?}",
+            path.display(),
+            t.dims()
+        );
     }
     Ok(t.to_dtype(DType::F32)?)
 }
@@ -208,7 +232,11 @@ fn media_input(media: &MediaArgs) -> Result<MediaInput> {
     } else if let Some(p) = &media.image_pixels {
         let t = read_pixels(p)?;
         if t.dim(0)? != 1 {
-            bail!("{}: an image must be 1×3×H×W, got {:?}", p.display(), t.dims());
+            bail!(
+                "{}: an image must be 1×3×H×W, got {:?}",
+                p.display(),
+                t.dims()
+            );
         }
         MediaInput::ImagePixels(t)
     } else {
@@ -276,7 +304,11 @@ fn chat(model: &ModelArgs, media: &MediaArgs, gen: &GenArgs) -> Result<()> {
     let mut turns: Vec<String> = Vec::new();
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
-    eprintln!("chatting with {} ({} media tokens); /exit or Ctrl-D to quit, /reset to clear the history", pipeline.dir.display(), encoded.media_tokens());
+    eprintln!(
+        "chatting with {} ({} media tokens); /exit or Ctrl-D to quit, /reset to clear the history",
+        pipeline.dir.display(),
+        encoded.media_tokens()
+    );
     loop {
         write!(stdout, "> ")?;
         stdout.flush()?;
@@ -330,21 +362,40 @@ fn inspect(config: &Path, as_json: bool) -> Result<()> {
         report.llm.kv_heads,
         report.llm.intermediate_size,
         report.llm.vocab_size,
-        report.llm.experts.map(|e| format!(", {e} experts")).unwrap_or_default()
+        report
+            .llm
+            .experts
+            .map(|e| format!(", {e} experts"))
+            .unwrap_or_default()
     );
     if let Some(v) = &report.vision {
         println!(
             "vision tower    {} ({}): {}px, {}×{} patches, width {}, layer {}, feature {}",
-            v.tower, v.kind, v.image_size, v.patch_grid, v.patch_grid, v.hidden_size, v.select_layer, v.select_feature
+            v.tower,
+            v.kind,
+            v.image_size,
+            v.patch_grid,
+            v.patch_grid,
+            v.hidden_size,
+            v.select_layer,
+            v.select_feature
         );
         println!("connector       {}", v.projector_type);
     }
     println!("frames          {}", report.num_frames);
     let b = |n: u64| format!("{:.4} B ({n})", n as f64 / 1e9);
     println!("parameters      total {}", b(p.total));
-    println!("                llm {}, vision tower {}, connector {}", b(p.llm), b(p.vision_tower), b(p.connector));
+    println!(
+        "                llm {}, vision tower {}, connector {}",
+        b(p.llm),
+        b(p.vision_tower),
+        b(p.connector)
+    );
     if let Some(n) = report.tokens.video {
-        println!("tokens          video ({} frames) {n}, image {n}, text 0", report.num_frames);
+        println!(
+            "tokens          video ({} frames) {n}, image {n}, text 0",
+            report.num_frames
+        );
     }
     Ok(())
 }

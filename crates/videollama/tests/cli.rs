@@ -14,39 +14,76 @@ fn golden(rel: &str) -> PathBuf {
 }
 
 fn videollama(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_videollama")).args(args).output().expect("run videollama")
+    Command::new(env!("CARGO_BIN_EXE_videollama"))
+        .args(args)
+        .output()
+        .expect("run videollama")
 }
 
 fn expected_ids(fixture: &str, case: &str) -> Vec<u64> {
-    let t = candle_core::safetensors::load(golden(&format!("{fixture}/{case}/expected.safetensors")), &candle_core::Device::Cpu).unwrap();
-    t["generated_ids"].to_vec1::<i64>().unwrap().into_iter().map(|i| i as u64).collect()
+    let t = candle_core::safetensors::load(
+        golden(&format!("{fixture}/{case}/expected.safetensors")),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    t["generated_ids"]
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|i| i as u64)
+        .collect()
 }
 
 fn ask_json(fixture: &str, case: &str, media_flag: Option<&str>) -> serde_json::Value {
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(golden(&format!("{fixture}/{case}/case.json"))).unwrap()).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(golden(&format!("{fixture}/{case}/case.json"))).unwrap(),
+    )
+    .unwrap();
     let model = golden(&format!("{fixture}/checkpoint"));
     let pixels = golden(&format!("{fixture}/{case}/expected.safetensors"));
-    let mut args = vec!["ask", "--model", model.to_str().unwrap(), "--json", "--max-new-tokens", "12"];
+    let mut args = vec![
+        "ask",
+        "--model",
+        model.to_str().unwrap(),
+        "--json",
+        "--max-new-tokens",
+        "12",
+    ];
     if let Some(flag) = media_flag {
         args.extend([flag, pixels.to_str().unwrap()]);
     }
     args.push(meta["question"].as_str().unwrap());
     let out = videollama(&args);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
-    assert_eq!(json["answer"].as_str().unwrap(), meta["generated_text"].as_str().unwrap());
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    assert_eq!(
+        json["answer"].as_str().unwrap(),
+        meta["generated_text"].as_str().unwrap()
+    );
     json
 }
 
 fn token_ids(json: &serde_json::Value) -> Vec<u64> {
-    json["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect()
+    json["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect()
 }
 
 #[test]
 fn ask_video_pixels_json() {
     let json = ask_json("videollama2-mistral-tiny", "video", Some("--video-pixels"));
-    assert_eq!(token_ids(&json), expected_ids("videollama2-mistral-tiny", "video"));
+    assert_eq!(
+        token_ids(&json),
+        expected_ids("videollama2-mistral-tiny", "video")
+    );
     assert_eq!(json["visual_tokens"], 27);
     assert_eq!(json["prompt_tokens"], 295);
     assert!(json["timings"]["prefill_s"].as_f64().is_some());
@@ -55,14 +92,20 @@ fn ask_video_pixels_json() {
 #[test]
 fn ask_image_pixels_json() {
     let json = ask_json("videollama2.1-qwen2-tiny", "image", Some("--image-pixels"));
-    assert_eq!(token_ids(&json), expected_ids("videollama2.1-qwen2-tiny", "image"));
+    assert_eq!(
+        token_ids(&json),
+        expected_ids("videollama2.1-qwen2-tiny", "image")
+    );
     assert_eq!(json["visual_tokens"], 8);
 }
 
 #[test]
 fn ask_text_only_json() {
     let json = ask_json("videollama2.1-qwen2-tiny", "text", None);
-    assert_eq!(token_ids(&json), expected_ids("videollama2.1-qwen2-tiny", "text"));
+    assert_eq!(
+        token_ids(&json),
+        expected_ids("videollama2.1-qwen2-tiny", "text")
+    );
     assert_eq!(json["visual_tokens"], 0);
 }
 
@@ -73,12 +116,33 @@ fn dump_tensors_writes_golden_names() {
     let model = golden("videollama2-mistral-tiny/checkpoint");
     let pixels = golden("videollama2-mistral-tiny/video/expected.safetensors");
     let out = videollama(&[
-        "ask", "--model", model.to_str().unwrap(), "--video-pixels", pixels.to_str().unwrap(),
-        "--max-new-tokens", "2", "--dump-tensors", dump.to_str().unwrap(), "What is this?",
+        "ask",
+        "--model",
+        model.to_str().unwrap(),
+        "--video-pixels",
+        pixels.to_str().unwrap(),
+        "--max-new-tokens",
+        "2",
+        "--dump-tensors",
+        dump.to_str().unwrap(),
+        "What is this?",
     ]);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let t = candle_core::safetensors::load(&dump, &candle_core::Device::Cpu).unwrap();
-    for name in ["pixel_values", "vision_features", "connector_out", "input_ids", "inputs_embeds", "logits_last", "logits_steps", "generated_ids"] {
+    for name in [
+        "pixel_values",
+        "vision_features",
+        "connector_out",
+        "input_ids",
+        "inputs_embeds",
+        "logits_last",
+        "logits_steps",
+        "generated_ids",
+    ] {
         assert!(t.contains_key(name), "missing {name}");
     }
     assert_eq!(t["connector_out"].dims(), &[27, 64]);
@@ -88,7 +152,11 @@ fn dump_tensors_writes_golden_names() {
 fn inspect_json(config: &str) -> serde_json::Value {
     let path = root().join("tests/data/configs").join(config);
     let out = videollama(&["inspect", "--config", path.to_str().unwrap(), "--json"]);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -109,23 +177,36 @@ fn inspect_published_videollama2_1_7b_16f() {
     let json = inspect_json("videollama2.1-7b-16f.config.json");
     assert_eq!(json["tokens"]["video"], 1352);
     let connector = json["parameters"]["connector"].as_u64().unwrap() as f64;
-    assert!((connector / 1e6 - 376.89).abs() < 0.01, "connector {connector}");
+    assert!(
+        (connector / 1e6 - 376.89).abs() < 0.01,
+        "connector {connector}"
+    );
 }
 
 #[test]
 fn inspect_golden_checkpoint_folder() {
     let model = golden("videollama2-mistral-tiny/checkpoint");
     let out = videollama(&["inspect", "--model", model.to_str().unwrap()]);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("stc_connector") && text.contains("video (4 frames) 27"), "{text}");
+    assert!(
+        text.contains("stc_connector") && text.contains("video (4 frames) 27"),
+        "{text}"
+    );
 }
 
 fn assert_clean_failure(out: &Output, needle: &str) {
     assert!(!out.status.success());
     assert_eq!(out.status.code(), Some(1), "exit code (a panic gives 101)");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("error: ") && err.contains(needle), "stderr: {err}");
+    assert!(
+        err.starts_with("error: ") && err.contains(needle),
+        "stderr: {err}"
+    );
     assert!(!err.contains("panicked"), "stderr: {err}");
 }
 
@@ -133,18 +214,59 @@ fn assert_clean_failure(out: &Output, needle: &str) {
 fn bad_inputs_fail_with_a_clear_message() {
     let model = golden("videollama2-mistral-tiny/checkpoint");
     let model = model.to_str().unwrap();
-    assert_clean_failure(&videollama(&["ask", "--model", "/no/such/model", "hi"]), "/no/such/model");
-    assert_clean_failure(&videollama(&["ask", "--model", model, "--video-pixels", "/no/such/pixels.safetensors", "hi"]), "/no/such/pixels.safetensors");
+    assert_clean_failure(
+        &videollama(&["ask", "--model", "/no/such/model", "hi"]),
+        "/no/such/model",
+    );
+    assert_clean_failure(
+        &videollama(&[
+            "ask",
+            "--model",
+            model,
+            "--video-pixels",
+            "/no/such/pixels.safetensors",
+            "hi",
+        ]),
+        "/no/such/pixels.safetensors",
+    );
     // A file that is not safetensors.
     let config = golden("videollama2-mistral-tiny/checkpoint/config.json");
-    assert_clean_failure(&videollama(&["ask", "--model", model, "--video-pixels", config.to_str().unwrap(), "hi"]), "config.json");
+    assert_clean_failure(
+        &videollama(&[
+            "ask",
+            "--model",
+            model,
+            "--video-pixels",
+            config.to_str().unwrap(),
+            "hi",
+        ]),
+        "config.json",
+    );
     // Pixels of the wrong size for this tower.
     let qwen_pixels = golden("videollama2-mistral-tiny/image/expected.safetensors");
     let tmp = tempfile::tempdir().unwrap();
     let wrong = tmp.path().join("wrong.safetensors");
-    let t = candle_core::Tensor::zeros((2, 3, 28, 28), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let t = candle_core::Tensor::zeros(
+        (2, 3, 28, 28),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     t.save_safetensors("pixel_values", &wrong).unwrap();
-    assert_clean_failure(&videollama(&["ask", "--model", model, "--video-pixels", wrong.to_str().unwrap(), "hi"]), "56");
+    assert_clean_failure(
+        &videollama(&[
+            "ask",
+            "--model",
+            model,
+            "--video-pixels",
+            wrong.to_str().unwrap(),
+            "hi",
+        ]),
+        "56",
+    );
     let _ = qwen_pixels;
-    assert_clean_failure(&videollama(&["inspect", "--config", "/no/such/config.json"]), "/no/such/config.json");
+    assert_clean_failure(
+        &videollama(&["inspect", "--config", "/no/such/config.json"]),
+        "/no/such/config.json",
+    );
 }

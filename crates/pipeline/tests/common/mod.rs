@@ -9,11 +9,14 @@ use std::path::PathBuf;
 pub const TOL: f32 = 1e-4;
 
 pub fn golden(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/golden")
+        .join(rel)
 }
 
 pub fn load_tensors(rel: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(golden(rel), &Device::Cpu).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    candle_core::safetensors::load(golden(rel), &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
 pub fn case_json(fixture: &str, case: &str) -> serde_json::Value {
@@ -24,11 +27,30 @@ pub fn case_json(fixture: &str, case: &str) -> serde_json::Value {
 /// Max |a − b| and the bound it must stay under; panics with the stage name when above.
 pub fn assert_close(stage: &str, got: &Tensor, want: &Tensor) -> f32 {
     assert_eq!(got.dims(), want.dims(), "{stage}: shape");
-    let got = got.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let want = want.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let got = got
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let want = want
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
-    let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(err <= TOL * scale, "{stage}: max abs error {err:e} > {:e} (ref max {scale})", TOL * scale);
+    let err = got
+        .iter()
+        .zip(&want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        err <= TOL * scale,
+        "{stage}: max abs error {err:e} > {:e} (ref max {scale})",
+        TOL * scale
+    );
     err / scale
 }
 
