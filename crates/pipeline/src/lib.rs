@@ -33,15 +33,40 @@ use std::time::Instant;
 use tokenizers::Tokenizer;
 use videollama_llm::{GenerationConfig, SamplingParams};
 
-/// The media of one request, already turned into pixel tensors.
+/// Preprocessed pictures of one request.
 #[derive(Debug, Clone)]
-pub enum MediaInput {
-    /// Text-only question.
-    None,
+pub enum Visual {
     /// `T×3×H×W` preprocessed frames.
-    VideoPixels(Tensor),
+    Video(Tensor),
     /// `1×3×H×W` preprocessed image (repeated to `num_frames` frames by the model).
-    ImagePixels(Tensor),
+    Image(Tensor),
+}
+
+/// The media of one request, already turned into tensors.
+#[derive(Debug, Clone, Default)]
+pub struct MediaInput {
+    pub visual: Option<Visual>,
+    /// `[frames, 128]` Kaldi fbank of the sound (a sound file, or a video's track).
+    pub audio_fbank: Option<Tensor>,
+}
+
+impl MediaInput {
+    pub fn none() -> Self {
+        Self::default()
+    }
+    pub fn video(pixels: Tensor) -> Self {
+        Self { visual: Some(Visual::Video(pixels)), audio_fbank: None }
+    }
+    pub fn image(pixels: Tensor) -> Self {
+        Self { visual: Some(Visual::Image(pixels)), audio_fbank: None }
+    }
+    pub fn audio(fbank: Tensor) -> Self {
+        Self { visual: None, audio_fbank: Some(fbank) }
+    }
+    pub fn with_audio(mut self, fbank: Option<Tensor>) -> Self {
+        self.audio_fbank = fbank;
+        self
+    }
 }
 
 /// Per-stage wall-clock seconds of one request.
@@ -49,6 +74,7 @@ pub enum MediaInput {
 pub struct Timings {
     pub preprocess_s: f64,
     pub vision_s: f64,
+    pub audio_s: f64,
     pub prompt_s: f64,
     pub prefill_s: f64,
     pub decode_s: f64,
@@ -56,27 +82,40 @@ pub struct Timings {
     pub decode_tokens_per_s: f64,
 }
 
-/// Media after the vision tower and connector; reusable across turns.
+/// Media after the encoders and connectors; reusable across turns.
 pub struct EncodedMedia {
     pub modality: Modality,
     pub visual: Option<model::EncodedVisual>,
+    pub audio: Option<model::EncodedAudio>,
     pub vision_seconds: f64,
+    pub audio_seconds: f64,
 }
 
 impl EncodedMedia {
     pub fn text_only() -> Self {
-        Self {
-            modality: Modality::Text,
-            visual: None,
-            vision_seconds: 0.0,
-        }
+        Self { modality: Modality::Text, visual: None, audio: None, vision_seconds: 0.0, audio_seconds: 0.0 }
+    }
+    pub fn visual_tokens(&self) -> usize {
+        self.visual.as_ref().map(|v| v.connector_out.dim(0).unwrap_or(0)).unwrap_or(0)
+    }
+    pub fn audio_tokens(&self) -> usize {
+        self.audio.as_ref().map(|a| a.audio_connector_out.dim(0).unwrap_or(0)).unwrap_or(0)
     }
     /// Number of embeddings the media put into the LLM sequence.
     pub fn media_tokens(&self) -> usize {
-        self.visual
-            .as_ref()
-            .map(|v| v.connector_out.dim(0).unwrap_or(0))
-            .unwrap_or(0)
+        self.visual_tokens() + self.audio_tokens()
+    }
+    /// The one block spliced at the placeholder: video tokens, then audio tokens
+    /// (the audio-visual reference concatenates them with no separator).
+    pub fn block(&self) -> Result<Option<Tensor>> {
+        let mut parts = Vec::new();
+        if let Some(v) = &self.visual {
+            parts.push(v.connector_out.clone());
+        }
+        if let Some(a) = &self.audio {
+            parts.push(a.audio_connector_out.to_dtype(parts.first().map(|p: &Tensor| p.dtype()).unwrap_or(a.audio_connector_out.dtype()))?);
+        }
+        Ok(if parts.is_empty() { None } else { Some(Tensor::cat(&parts, 0)?) })
     }
 }
 
@@ -120,6 +159,7 @@ pub struct Answer {
     pub prompt_tokens: usize,
     pub text_tokens: usize,
     pub visual_tokens: usize,
+    pub audio_tokens: usize,
     pub stop_reason: StopReason,
     pub timings: Timings,
     #[serde(skip)]
@@ -192,23 +232,23 @@ impl Pipeline {
         })
     }
 
-    /// Run the vision tower and connector once for this media.
+    /// Run the encoders and connectors once for this media.
     pub fn encode_media(&self, media: &MediaInput) -> Result<EncodedMedia> {
         let start = Instant::now();
-        let (modality, visual) = match media {
-            MediaInput::None => (Modality::Text, None),
-            MediaInput::VideoPixels(px) => {
-                (Modality::Video, Some(self.model.encode_visual(px, false)?))
-            }
-            MediaInput::ImagePixels(px) => {
+        let (modality, visual) = match &media.visual {
+            None => (if media.audio_fbank.is_some() { Modality::Audio } else { Modality::Text }, None),
+            Some(Visual::Video(px)) => (Modality::Video, Some(self.model.encode_visual(px, false)?)),
+            Some(Visual::Image(px)) => {
+                if media.audio_fbank.is_some() {
+                    return Err(PipelineError::Invalid("audio can accompany a video, not an image".into()));
+                }
                 (Modality::Image, Some(self.model.encode_visual(px, true)?))
             }
         };
-        Ok(EncodedMedia {
-            modality,
-            visual,
-            vision_seconds: start.elapsed().as_secs_f64(),
-        })
+        let vision_seconds = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let audio = media.audio_fbank.as_ref().map(|fbank| self.model.encode_audio(fbank)).transpose()?;
+        Ok(EncodedMedia { modality, visual, audio, vision_seconds, audio_seconds: start.elapsed().as_secs_f64() })
     }
 
     /// Ids that end generation: generation_config's eos list plus the tokenizer's
@@ -257,19 +297,16 @@ impl Pipeline {
         }
         let start = Instant::now();
         let (prompt_text, input_ids) = self.build_prompt(turns, media.modality)?;
-        let media_blocks: Vec<Tensor> = media
-            .visual
-            .iter()
-            .map(|v| v.connector_out.clone())
-            .collect();
+        let media_blocks: Vec<Tensor> = media.block()?.into_iter().collect();
         let inputs_embeds = self.model.splice(&input_ids, &media_blocks)?;
         let prompt_tokens = inputs_embeds.dim(0)?;
-        let visual_tokens = media.media_tokens();
+        let visual_tokens = media.visual_tokens();
+        let media_tokens = media.media_tokens();
         let context = self.model.config.llm.max_position_embeddings;
         if prompt_tokens >= context {
             return Err(PipelineError::PromptTooLong {
-                tokens: prompt_tokens - visual_tokens,
-                visual: visual_tokens,
+                tokens: prompt_tokens - media_tokens,
+                visual: media_tokens,
                 new: opts.max_new_tokens,
                 context,
             });
@@ -327,10 +364,11 @@ impl Pipeline {
         let timings = Timings {
             preprocess_s: 0.0,
             vision_s: media.vision_seconds,
+            audio_s: media.audio_seconds,
             prompt_s,
             prefill_s: generation.prefill_seconds,
             decode_s: generation.decode_seconds,
-            total_s: start.elapsed().as_secs_f64() + media.vision_seconds,
+            total_s: start.elapsed().as_secs_f64() + media.vision_seconds + media.audio_seconds,
             decode_tokens_per_s: if generation.decode_seconds > 0.0 {
                 n_new.saturating_sub(1) as f64 / generation.decode_seconds
             } else {
@@ -340,6 +378,11 @@ impl Pipeline {
         let mut tensors = HashMap::new();
         if opts.collect_tensors {
             let dev = &Device::Cpu;
+            if let Some(a) = &media.audio {
+                tensors.insert("audio_fbank".to_string(), a.audio_fbank.to_dtype(DType::F32)?);
+                tensors.insert("audio_features".to_string(), a.audio_features.to_dtype(DType::F32)?);
+                tensors.insert("audio_connector_out".to_string(), a.audio_connector_out.to_dtype(DType::F32)?);
+            }
             if let Some(v) = &media.visual {
                 tensors.insert(
                     "pixel_values".to_string(),
@@ -386,6 +429,7 @@ impl Pipeline {
             input_ids,
             prompt_tokens,
             visual_tokens,
+            audio_tokens: media.audio_tokens(),
             stop_reason: generation.stop_reason,
             timings,
             tensors,

@@ -14,13 +14,32 @@ use crate::prompt::is_placeholder;
 use crate::tower::{resolve_vision_tower, ResolvedTower};
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
-use videollama_connectors::{Connector, ConnectorConfig, ProjectorType};
-use videollama_encoders::VisionTower;
+use videollama_connectors::{Connector, ConnectorConfig, MlpProjector, ProjectorType};
+use videollama_encoders::{Beats, BeatsConfig, VisionTower};
 use videollama_llm::DecoderLm;
 
 /// Where the vision tower's weights live inside a VideoLLaMA2 checkpoint.
 pub const VISION_TOWER_PREFIX: &str = "model.vision_tower.vision_tower.vision_model";
 pub const PROJECTOR_PREFIX: &str = "model.mm_projector";
+pub const AUDIO_TOWER_PREFIX: &str = "model.audio_tower";
+pub const AUDIO_PROJECTOR_PREFIX: &str = "model.mm_projector_a";
+
+/// BEATs encoder + `mm_projector_a` (VideoLLaMA2.1-AV).
+pub struct AudioBranch {
+    pub encoder: Beats,
+    pub projector: MlpProjector,
+    pub projector_type: ProjectorType,
+}
+
+/// The stage tensors of one audio encoding (golden names, no batch dim).
+pub struct EncodedAudio {
+    /// `[2998, 128]` log-mel fbank (bf16-rounded values, as the reference feeds it).
+    pub audio_fbank: Tensor,
+    /// `[1496, Ca]` BEATs output.
+    pub audio_features: Tensor,
+    /// `[1496, C]` after `mm_projector_a`.
+    pub audio_connector_out: Tensor,
+}
 
 pub struct VisualBranch {
     pub tower: VisionTower,
@@ -33,6 +52,7 @@ pub struct VideoLlama2 {
     pub config: ModelConfig,
     pub llm: DecoderLm,
     pub visual: Option<VisualBranch>,
+    pub audio: Option<AudioBranch>,
     pub device: Device,
     pub dtype: DType,
     /// Checkpoint tensors the model never reads (vision post-LN, SigLIP head, …).
@@ -94,6 +114,7 @@ impl VideoLlama2 {
                 })
             }
         };
+        let audio = if config.has_audio() { Some(Self::build_audio(&config, &vb)?) } else { None };
         let unused_tensors = ckpt.finish()?;
         for name in &unused_tensors {
             tracing::debug!(tensor = %name, "checkpoint tensor not used by the model");
@@ -102,10 +123,51 @@ impl VideoLlama2 {
             config,
             llm,
             visual,
+            audio,
             device: vb.device().clone(),
             dtype: vb.dtype(),
             unused_tensors,
         })
+    }
+
+    fn build_audio(config: &ModelConfig, vb: &candle_nn::VarBuilder) -> Result<AudioBranch> {
+        let beats_cfg = BeatsConfig::from_model_config(&config.raw).map_err(|e| PipelineError::Invalid(format!("config.json beats_cfg: {e}")))?;
+        let encoder = Beats::new(&beats_cfg, vb.pp(AUDIO_TOWER_PREFIX))?;
+        let name = config.mm.mm_projector_a_type.as_deref().unwrap_or("mlp2x_gelu");
+        let projector_type: ProjectorType = name.parse().map_err(|e| PipelineError::Invalid(format!("config.json mm_projector_a_type: {e}")))?;
+        let in_dim = config.mm.mm_hidden_size_a.unwrap_or(beats_cfg.encoder_embed_dim);
+        let out_dim = config.mm.hidden_size_a.unwrap_or(config.mm.hidden_size);
+        if out_dim != config.mm.hidden_size {
+            return Err(PipelineError::Invalid(format!(
+                "config.json: hidden_size_a ({out_dim}) must equal the language model's hidden_size ({})",
+                config.mm.hidden_size
+            )));
+        }
+        let depth = match projector_type {
+            ProjectorType::Linear => 1,
+            ProjectorType::MlpGelu(n) => n,
+            other => return Err(PipelineError::Invalid(format!("config.json: mm_projector_a_type {other} is not an audio projector (linear or mlpNx_gelu)"))),
+        };
+        let projector = MlpProjector::new(depth, in_dim, out_dim, vb.pp(AUDIO_PROJECTOR_PREFIX))?;
+        Ok(AudioBranch { encoder, projector, projector_type })
+    }
+
+    /// Encode a `[frames, 128]` fbank into audio tokens `[1496, C]`.
+    pub fn encode_audio(&self, fbank: &Tensor) -> Result<EncodedAudio> {
+        let audio = self
+            .audio
+            .as_ref()
+            .ok_or_else(|| PipelineError::Invalid("this checkpoint has no audio tower (it is not an audio-visual model)".into()))?;
+        let (_, bins) = fbank
+            .dims2()
+            .map_err(|_| PipelineError::Invalid(format!("audio fbank must be frames×128, got {:?}", fbank.dims())))?;
+        if bins != 128 {
+            return Err(PipelineError::Invalid(format!("audio fbank must have 128 mel bins, got {bins}")));
+        }
+        let input = fbank.to_device(&self.device)?.to_dtype(self.dtype)?;
+        let audio_features = audio.encoder.extract_features(&input)?;
+        let audio_connector_out = audio.projector.forward(&audio_features)?;
+        Ok(EncodedAudio { audio_fbank: fbank.clone(), audio_features, audio_connector_out })
     }
 
     pub fn num_frames(&self) -> usize {

@@ -19,10 +19,11 @@ fn run_case(fixture: &str, case: &str) {
     let question = meta["question"].as_str().unwrap().to_string();
 
     let media = match case {
-        "video" => MediaInput::VideoPixels(expected["pixel_values"].clone()),
-        "image" => MediaInput::ImagePixels(expected["pixel_values"].clone()),
-        _ => MediaInput::None,
-    };
+        "video" | "av" => MediaInput::video(expected["pixel_values"].clone()),
+        "image" => MediaInput::image(expected["pixel_values"].clone()),
+        _ => MediaInput::none(),
+    }
+    .with_audio(expected.get("audio_fbank").cloned());
     let encoded = pipeline.encode_media(&media).unwrap();
     let mut report = Vec::new();
     if let Some(v) = &encoded.visual {
@@ -42,6 +43,10 @@ fn run_case(fixture: &str, case: &str) {
                 &expected["connector_out"],
             ),
         ));
+    }
+    if let Some(a) = &encoded.audio {
+        report.push(("audio_features", assert_close("audio_features", &a.audio_features, &expected["audio_features"])));
+        report.push(("audio_connector_out", assert_close("audio_connector_out", &a.audio_connector_out, &expected["audio_connector_out"])));
     }
     let opts = AnswerOptions {
         max_new_tokens: 12,
@@ -131,6 +136,18 @@ fn qwen2_image() {
 #[test]
 fn qwen2_text() {
     run_case("videollama2.1-qwen2-tiny", "text");
+}
+
+/// Audio-visual: video tokens then 1496 audio tokens at the one `<video>` placeholder.
+#[test]
+fn av_video_with_sound() {
+    run_case("videollama2.1-av-tiny", "av");
+}
+
+/// Audio only: 1496 audio tokens at `<audio>`.
+#[test]
+fn av_audio_only() {
+    run_case("videollama2.1-av-tiny", "audio");
 }
 
 /// The slow and fast tokenizers agree on every chunk (recorded in case.json); our

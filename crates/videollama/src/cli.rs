@@ -89,6 +89,10 @@ struct MediaArgs {
     /// A preprocessed image: a safetensors file with `pixel_values` (1×3×H×W).
     #[arg(long, group = "media")]
     image_pixels: Option<PathBuf>,
+    /// A precomputed audio fbank: a safetensors file with `audio_fbank` (frames×128);
+    /// alone it asks about the sound, with `--video-pixels` about picture and sound.
+    #[arg(long)]
+    audio_fbank: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -144,8 +148,8 @@ pub fn run() -> Result<()> {
             question,
         } => ask(&model, &media, &gen, &question),
         Command::Caption { model, media, gen } => {
-            if media.video_pixels.is_none() && media.image_pixels.is_none() {
-                bail!("caption needs a video or an image (--video-pixels or --image-pixels)");
+            if media.video_pixels.is_none() && media.image_pixels.is_none() && media.audio_fbank.is_none() {
+                bail!("caption needs media (--video-pixels, --image-pixels or --audio-fbank)");
             }
             ask(&model, &media, &gen, prompt::CAPTION_PROMPT)
         }
@@ -204,44 +208,37 @@ fn load(model: &ModelArgs) -> Result<Pipeline> {
     Ok(pipeline?)
 }
 
-/// Read `pixel_values` (or the file's only tensor) from a safetensors file.
-fn read_pixels(path: &Path) -> Result<Tensor> {
+/// Read tensor `name` (or the file's only tensor) from a safetensors file.
+fn read_tensor(path: &Path, name: &str, rank: usize, layout: &str) -> Result<Tensor> {
     if !path.is_file() {
         bail!("{}: no such file", path.display());
     }
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
-        .with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
-    let t = match tensors.get("pixel_values") {
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu).with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
+    let t = match tensors.get(name) {
         Some(t) => t.clone(),
         None if tensors.len() == 1 => tensors.into_values().next().expect("one tensor"),
-        None => bail!("{}: no tensor named pixel_values", path.display()),
+        None => bail!("{}: no tensor named {name}", path.display()),
     };
-    if t.rank() != 4 {
-        bail!(
-            "{}: pixel_values must be T×3×H×W, got shape {:?}",
-            path.display(),
-            t.dims()
-        );
+    if t.rank() != rank {
+        bail!("{}: {name} must be {layout}, got shape {:?}", path.display(), t.dims());
     }
     Ok(t.to_dtype(DType::F32)?)
 }
 
 fn media_input(media: &MediaArgs) -> Result<MediaInput> {
-    Ok(if let Some(p) = &media.video_pixels {
-        MediaInput::VideoPixels(read_pixels(p)?)
+    let audio = media.audio_fbank.as_deref().map(|p| read_tensor(p, "audio_fbank", 2, "frames×128")).transpose()?;
+    let input = if let Some(p) = &media.video_pixels {
+        MediaInput::video(read_tensor(p, "pixel_values", 4, "T×3×H×W")?)
     } else if let Some(p) = &media.image_pixels {
-        let t = read_pixels(p)?;
+        let t = read_tensor(p, "pixel_values", 4, "1×3×H×W")?;
         if t.dim(0)? != 1 {
-            bail!(
-                "{}: an image must be 1×3×H×W, got {:?}",
-                p.display(),
-                t.dims()
-            );
+            bail!("{}: an image must be 1×3×H×W, got {:?}", p.display(), t.dims());
         }
-        MediaInput::ImagePixels(t)
+        MediaInput::image(t)
     } else {
-        MediaInput::None
-    })
+        MediaInput::none()
+    };
+    Ok(input.with_audio(audio))
 }
 
 fn encode(pipeline: &Pipeline, media: &MediaArgs) -> Result<(EncodedMedia, f64)> {
@@ -278,12 +275,14 @@ fn ask(model: &ModelArgs, media: &MediaArgs, gen: &GenArgs, question: &str) -> R
             "prompt_tokens": answer.prompt_tokens,
             "text_tokens": answer.text_tokens,
             "visual_tokens": answer.visual_tokens,
+            "audio_tokens": answer.audio_tokens,
             "modality": encoded.modality,
             "stop_reason": answer.stop_reason,
             "timings": {
                 "load_s": pipeline.load_seconds,
                 "preprocess_s": answer.timings.preprocess_s,
                 "vision_s": answer.timings.vision_s,
+                "audio_s": answer.timings.audio_s,
                 "prompt_s": answer.timings.prompt_s,
                 "prefill_s": answer.timings.prefill_s,
                 "decode_s": answer.timings.decode_s,
