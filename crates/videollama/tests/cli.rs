@@ -110,6 +110,29 @@ fn ask_text_only_json() {
 }
 
 #[test]
+fn ask_audio_visual_and_audio_only_json() {
+    let fixture = "videollama2.1-av-tiny";
+    let model = golden(&format!("{fixture}/checkpoint"));
+    for (case, with_video) in [("av", true), ("audio", false)] {
+        let expected = golden(&format!("{fixture}/{case}/expected.safetensors"));
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(golden(&format!("{fixture}/{case}/case.json"))).unwrap()).unwrap();
+        let mut args = vec!["ask", "--model", model.to_str().unwrap(), "--json", "--max-new-tokens", "12"];
+        args.extend(["--audio-fbank", expected.to_str().unwrap()]);
+        if with_video {
+            args.extend(["--video-pixels", expected.to_str().unwrap()]);
+        }
+        args.push(meta["question"].as_str().unwrap());
+        let out = videollama(&args);
+        assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(token_ids(&json), expected_ids(fixture, case), "{case}");
+        assert_eq!(json["audio_tokens"], 1496);
+        assert_eq!(json["visual_tokens"], if with_video { 8 } else { 0 });
+    }
+}
+
+#[test]
 fn dump_tensors_writes_golden_names() {
     let tmp = tempfile::tempdir().unwrap();
     let dump = tmp.path().join("dump.safetensors");
@@ -181,6 +204,17 @@ fn inspect_published_videollama2_1_7b_16f() {
         (connector / 1e6 - 376.89).abs() < 0.01,
         "connector {connector}"
     );
+}
+
+#[test]
+fn inspect_published_videollama2_1_7b_av() {
+    let json = inspect_json("videollama2.1-7b-av.config.json");
+    assert_eq!(json["tokens"]["audio"], 1496);
+    assert_eq!(json["tokens"]["video"], 1352);
+    // spec §10.4: BEATs 90.7 M, audio projector 15.6 M parameters.
+    let beats = json["parameters"]["audio_tower"].as_u64().unwrap() as f64 / 1e6;
+    let proj = json["parameters"]["audio_projector"].as_u64().unwrap() as f64 / 1e6;
+    assert!((beats - 90.7).abs() < 0.05 && (proj - 15.6).abs() < 0.05, "beats {beats} M, projector {proj} M");
 }
 
 #[test]
