@@ -56,7 +56,9 @@ mod tests {
         for (i, &x) in xs.iter().enumerate() {
             let x = x as f64;
             let q = x / (1.0 + (-1.702 * x).exp());
-            let g = 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh());
+            let g = 0.5
+                * x
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh());
             let s = x / (1.0 + (-x).exp());
             assert!((quick[i] as f64 - q).abs() < 1e-6);
             assert!((tanh[i] as f64 - g).abs() < 1e-5);

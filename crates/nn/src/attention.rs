@@ -37,16 +37,30 @@ pub fn scaled_dot_product_attention(
     if let Some(mask) = mask {
         scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
     }
-    let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(in_dtype)?;
+    let probs =
+        candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(in_dtype)?;
     probs.matmul(&v)
 }
 
 /// Additive causal mask `[Lq, Lk]` for `Lq` new queries appended after `offset`
 /// cached positions (`Lk = offset + Lq`): query `i` sees keys `0..=offset+i`.
-pub fn causal_mask(lq: usize, offset: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
+pub fn causal_mask(
+    lq: usize,
+    offset: usize,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
     let lk = offset + lq;
     let mask: Vec<f32> = (0..lq)
-        .flat_map(|i| (0..lk).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..lk).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Tensor::from_vec(mask, (lq, lk), device)?.to_dtype(dtype)
 }
@@ -67,9 +81,15 @@ mod tests {
     fn gqa_causal_attention_matches_naive_loop() -> Result<()> {
         let dev = Device::Cpu;
         let (hq, hkv, l, d) = (4usize, 2usize, 3usize, 2usize);
-        let q = Tensor::arange(0f32, (hq * l * d) as f32, &dev)?.affine(0.05, -0.3)?.reshape((1, hq, l, d))?;
-        let k = Tensor::arange(0f32, (hkv * l * d) as f32, &dev)?.affine(-0.07, 0.2)?.reshape((1, hkv, l, d))?;
-        let v = Tensor::arange(0f32, (hkv * l * d) as f32, &dev)?.affine(0.1, 0.0)?.reshape((1, hkv, l, d))?;
+        let q = Tensor::arange(0f32, (hq * l * d) as f32, &dev)?
+            .affine(0.05, -0.3)?
+            .reshape((1, hq, l, d))?;
+        let k = Tensor::arange(0f32, (hkv * l * d) as f32, &dev)?
+            .affine(-0.07, 0.2)?
+            .reshape((1, hkv, l, d))?;
+        let v = Tensor::arange(0f32, (hkv * l * d) as f32, &dev)?
+            .affine(0.1, 0.0)?
+            .reshape((1, hkv, l, d))?;
         let mask = causal_mask(l, 0, DType::F32, &dev)?;
         let out = scaled_dot_product_attention(&q, &k, &v, 0.5, Some(&mask))?;
         let out = out.to_vec3::<f32>().ok();
@@ -84,12 +104,21 @@ mod tests {
             let kh = h / (hq / hkv);
             for i in 0..l {
                 let s: Vec<f64> = (0..=i)
-                    .map(|j| (0..d).map(|c| qv[(h * l + i) * d + c] as f64 * kv[(kh * l + j) * d + c] as f64).sum::<f64>() * 0.5)
+                    .map(|j| {
+                        (0..d)
+                            .map(|c| {
+                                qv[(h * l + i) * d + c] as f64 * kv[(kh * l + j) * d + c] as f64
+                            })
+                            .sum::<f64>()
+                            * 0.5
+                    })
                     .collect();
                 let m = s.iter().cloned().fold(f64::MIN, f64::max);
                 let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
                 for c in 0..d {
-                    let want: f64 = (0..=i).map(|j| (s[j] - m).exp() / z * vv[(kh * l + j) * d + c] as f64).sum();
+                    let want: f64 = (0..=i)
+                        .map(|j| (s[j] - m).exp() / z * vv[(kh * l + j) * d + c] as f64)
+                        .sum();
                     let g = got[(h * l + i) * d + c] as f64;
                     assert!((g - want).abs() < 1e-5, "h{h} i{i} c{c}: {g} vs {want}");
                 }

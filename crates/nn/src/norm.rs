@@ -27,13 +27,18 @@ pub struct LayerNorm2d {
 
 impl LayerNorm2d {
     pub fn new(channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { norm: layer_norm(channels, eps, vb)? })
+        Ok(Self {
+            norm: layer_norm(channels, eps, vb)?,
+        })
     }
 
     /// `xs`: `[N, C, H, W]` → `[N, C, H, W]`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let nhwc = xs.permute((0, 2, 3, 1))?.contiguous()?;
-        self.norm.forward(&nhwc)?.permute((0, 3, 1, 2))?.contiguous()
+        self.norm
+            .forward(&nhwc)?
+            .permute((0, 3, 1, 2))?
+            .contiguous()
     }
 }
 
@@ -47,7 +52,10 @@ mod tests {
     fn layer_norm_2d_normalises_each_pixel_over_channels() -> Result<()> {
         let dev = Device::Cpu;
         let mut ts = HashMap::new();
-        ts.insert("weight".to_string(), Tensor::new(&[1.0f32, 2.0, 0.5], &dev)?);
+        ts.insert(
+            "weight".to_string(),
+            Tensor::new(&[1.0f32, 2.0, 0.5], &dev)?,
+        );
         ts.insert("bias".to_string(), Tensor::new(&[0.0f32, 1.0, -1.0], &dev)?);
         let vb = VarBuilder::from_tensors(ts, DType::F32, &dev);
         let ln = LayerNorm2d::new(3, 1e-5, vb)?;
@@ -58,7 +66,11 @@ mod tests {
         let _ = v;
         let flat = ys.flatten_all()?.to_vec1::<f32>()?;
         let sd = (32.0f64 / 3.0 + 1e-5).sqrt();
-        let expect = [(0.0 - 4.0) / sd * 1.0, (4.0 - 4.0) / sd * 2.0 + 1.0, (8.0 - 4.0) / sd * 0.5 - 1.0];
+        let expect = [
+            (0.0 - 4.0) / sd * 1.0,
+            (4.0 - 4.0) / sd * 2.0 + 1.0,
+            (8.0 - 4.0) / sd * 0.5 - 1.0,
+        ];
         assert!((flat[0] as f64 - expect[0]).abs() < 1e-5);
         assert!((flat[4] as f64 - expect[1]).abs() < 1e-5);
         assert!((flat[8] as f64 - expect[2]).abs() < 1e-5);

@@ -124,18 +124,33 @@ pub fn inspect_config(config_path: &Path) -> Result<InspectReport> {
         });
     }
     if config.has_audio() {
-        let beats = videollama_encoders::BeatsConfig::from_model_config(&config.raw).map_err(|e| PipelineError::file(config_path, e))?;
+        let beats = videollama_encoders::BeatsConfig::from_model_config(&config.raw)
+            .map_err(|e| PipelineError::file(config_path, e))?;
         parameters.audio_tower = beats.param_count();
-        let depth = match config.mm.mm_projector_a_type.as_deref().unwrap_or("mlp2x_gelu").parse() {
+        let depth = match config
+            .mm
+            .mm_projector_a_type
+            .as_deref()
+            .unwrap_or("mlp2x_gelu")
+            .parse()
+        {
             Ok(ProjectorType::MlpGelu(n)) => n,
             _ => 1,
         };
-        let in_dim = config.mm.mm_hidden_size_a.unwrap_or(beats.encoder_embed_dim);
-        parameters.audio_projector = videollama_connectors::MlpProjector::param_count(depth, in_dim, config.mm.hidden_size);
+        let in_dim = config
+            .mm
+            .mm_hidden_size_a
+            .unwrap_or(beats.encoder_embed_dim);
+        parameters.audio_projector =
+            videollama_connectors::MlpProjector::param_count(depth, in_dim, config.mm.hidden_size);
         // The reference pads or crops every sound to 30 s: 2998 fbank frames × 128 bins.
         tokens.audio = Some(beats.num_patches(2998, 128));
     }
-    parameters.total = parameters.llm + parameters.vision_tower + parameters.connector + parameters.audio_tower + parameters.audio_projector;
+    parameters.total = parameters.llm
+        + parameters.vision_tower
+        + parameters.connector
+        + parameters.audio_tower
+        + parameters.audio_projector;
     Ok(InspectReport {
         model_type: config.mm.model_type.clone(),
         num_frames: config.mm.num_frames,

@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod inspect;
+pub mod media;
 pub mod model;
 pub mod prompt;
 pub mod text;
@@ -55,13 +56,22 @@ impl MediaInput {
         Self::default()
     }
     pub fn video(pixels: Tensor) -> Self {
-        Self { visual: Some(Visual::Video(pixels)), audio_fbank: None }
+        Self {
+            visual: Some(Visual::Video(pixels)),
+            audio_fbank: None,
+        }
     }
     pub fn image(pixels: Tensor) -> Self {
-        Self { visual: Some(Visual::Image(pixels)), audio_fbank: None }
+        Self {
+            visual: Some(Visual::Image(pixels)),
+            audio_fbank: None,
+        }
     }
     pub fn audio(fbank: Tensor) -> Self {
-        Self { visual: None, audio_fbank: Some(fbank) }
+        Self {
+            visual: None,
+            audio_fbank: Some(fbank),
+        }
     }
     pub fn with_audio(mut self, fbank: Option<Tensor>) -> Self {
         self.audio_fbank = fbank;
@@ -93,13 +103,25 @@ pub struct EncodedMedia {
 
 impl EncodedMedia {
     pub fn text_only() -> Self {
-        Self { modality: Modality::Text, visual: None, audio: None, vision_seconds: 0.0, audio_seconds: 0.0 }
+        Self {
+            modality: Modality::Text,
+            visual: None,
+            audio: None,
+            vision_seconds: 0.0,
+            audio_seconds: 0.0,
+        }
     }
     pub fn visual_tokens(&self) -> usize {
-        self.visual.as_ref().map(|v| v.connector_out.dim(0).unwrap_or(0)).unwrap_or(0)
+        self.visual
+            .as_ref()
+            .map(|v| v.connector_out.dim(0).unwrap_or(0))
+            .unwrap_or(0)
     }
     pub fn audio_tokens(&self) -> usize {
-        self.audio.as_ref().map(|a| a.audio_connector_out.dim(0).unwrap_or(0)).unwrap_or(0)
+        self.audio
+            .as_ref()
+            .map(|a| a.audio_connector_out.dim(0).unwrap_or(0))
+            .unwrap_or(0)
     }
     /// Number of embeddings the media put into the LLM sequence.
     pub fn media_tokens(&self) -> usize {
@@ -113,9 +135,20 @@ impl EncodedMedia {
             parts.push(v.connector_out.clone());
         }
         if let Some(a) = &self.audio {
-            parts.push(a.audio_connector_out.to_dtype(parts.first().map(|p: &Tensor| p.dtype()).unwrap_or(a.audio_connector_out.dtype()))?);
+            parts.push(
+                a.audio_connector_out.to_dtype(
+                    parts
+                        .first()
+                        .map(|p: &Tensor| p.dtype())
+                        .unwrap_or(a.audio_connector_out.dtype()),
+                )?,
+            );
         }
-        Ok(if parts.is_empty() { None } else { Some(Tensor::cat(&parts, 0)?) })
+        Ok(if parts.is_empty() {
+            None
+        } else {
+            Some(Tensor::cat(&parts, 0)?)
+        })
     }
 }
 
@@ -236,19 +269,40 @@ impl Pipeline {
     pub fn encode_media(&self, media: &MediaInput) -> Result<EncodedMedia> {
         let start = Instant::now();
         let (modality, visual) = match &media.visual {
-            None => (if media.audio_fbank.is_some() { Modality::Audio } else { Modality::Text }, None),
-            Some(Visual::Video(px)) => (Modality::Video, Some(self.model.encode_visual(px, false)?)),
+            None => (
+                if media.audio_fbank.is_some() {
+                    Modality::Audio
+                } else {
+                    Modality::Text
+                },
+                None,
+            ),
+            Some(Visual::Video(px)) => {
+                (Modality::Video, Some(self.model.encode_visual(px, false)?))
+            }
             Some(Visual::Image(px)) => {
                 if media.audio_fbank.is_some() {
-                    return Err(PipelineError::Invalid("audio can accompany a video, not an image".into()));
+                    return Err(PipelineError::Invalid(
+                        "audio can accompany a video, not an image".into(),
+                    ));
                 }
                 (Modality::Image, Some(self.model.encode_visual(px, true)?))
             }
         };
         let vision_seconds = start.elapsed().as_secs_f64();
         let start = Instant::now();
-        let audio = media.audio_fbank.as_ref().map(|fbank| self.model.encode_audio(fbank)).transpose()?;
-        Ok(EncodedMedia { modality, visual, audio, vision_seconds, audio_seconds: start.elapsed().as_secs_f64() })
+        let audio = media
+            .audio_fbank
+            .as_ref()
+            .map(|fbank| self.model.encode_audio(fbank))
+            .transpose()?;
+        Ok(EncodedMedia {
+            modality,
+            visual,
+            audio,
+            vision_seconds,
+            audio_seconds: start.elapsed().as_secs_f64(),
+        })
     }
 
     /// Ids that end generation: generation_config's eos list plus the tokenizer's
@@ -379,9 +433,18 @@ impl Pipeline {
         if opts.collect_tensors {
             let dev = &Device::Cpu;
             if let Some(a) = &media.audio {
-                tensors.insert("audio_fbank".to_string(), a.audio_fbank.to_dtype(DType::F32)?);
-                tensors.insert("audio_features".to_string(), a.audio_features.to_dtype(DType::F32)?);
-                tensors.insert("audio_connector_out".to_string(), a.audio_connector_out.to_dtype(DType::F32)?);
+                tensors.insert(
+                    "audio_fbank".to_string(),
+                    a.audio_fbank.to_dtype(DType::F32)?,
+                );
+                tensors.insert(
+                    "audio_features".to_string(),
+                    a.audio_features.to_dtype(DType::F32)?,
+                );
+                tensors.insert(
+                    "audio_connector_out".to_string(),
+                    a.audio_connector_out.to_dtype(DType::F32)?,
+                );
             }
             if let Some(v) = &media.visual {
                 tensors.insert(

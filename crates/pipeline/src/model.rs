@@ -114,7 +114,11 @@ impl VideoLlama2 {
                 })
             }
         };
-        let audio = if config.has_audio() { Some(Self::build_audio(&config, &vb)?) } else { None };
+        let audio = if config.has_audio() {
+            Some(Self::build_audio(&config, &vb)?)
+        } else {
+            None
+        };
         let unused_tensors = ckpt.finish()?;
         for name in &unused_tensors {
             tracing::debug!(tensor = %name, "checkpoint tensor not used by the model");
@@ -131,11 +135,21 @@ impl VideoLlama2 {
     }
 
     fn build_audio(config: &ModelConfig, vb: &candle_nn::VarBuilder) -> Result<AudioBranch> {
-        let beats_cfg = BeatsConfig::from_model_config(&config.raw).map_err(|e| PipelineError::Invalid(format!("config.json beats_cfg: {e}")))?;
+        let beats_cfg = BeatsConfig::from_model_config(&config.raw)
+            .map_err(|e| PipelineError::Invalid(format!("config.json beats_cfg: {e}")))?;
         let encoder = Beats::new(&beats_cfg, vb.pp(AUDIO_TOWER_PREFIX))?;
-        let name = config.mm.mm_projector_a_type.as_deref().unwrap_or("mlp2x_gelu");
-        let projector_type: ProjectorType = name.parse().map_err(|e| PipelineError::Invalid(format!("config.json mm_projector_a_type: {e}")))?;
-        let in_dim = config.mm.mm_hidden_size_a.unwrap_or(beats_cfg.encoder_embed_dim);
+        let name = config
+            .mm
+            .mm_projector_a_type
+            .as_deref()
+            .unwrap_or("mlp2x_gelu");
+        let projector_type: ProjectorType = name
+            .parse()
+            .map_err(|e| PipelineError::Invalid(format!("config.json mm_projector_a_type: {e}")))?;
+        let in_dim = config
+            .mm
+            .mm_hidden_size_a
+            .unwrap_or(beats_cfg.encoder_embed_dim);
         let out_dim = config.mm.hidden_size_a.unwrap_or(config.mm.hidden_size);
         if out_dim != config.mm.hidden_size {
             return Err(PipelineError::Invalid(format!(
@@ -149,25 +163,39 @@ impl VideoLlama2 {
             other => return Err(PipelineError::Invalid(format!("config.json: mm_projector_a_type {other} is not an audio projector (linear or mlpNx_gelu)"))),
         };
         let projector = MlpProjector::new(depth, in_dim, out_dim, vb.pp(AUDIO_PROJECTOR_PREFIX))?;
-        Ok(AudioBranch { encoder, projector, projector_type })
+        Ok(AudioBranch {
+            encoder,
+            projector,
+            projector_type,
+        })
     }
 
     /// Encode a `[frames, 128]` fbank into audio tokens `[1496, C]`.
     pub fn encode_audio(&self, fbank: &Tensor) -> Result<EncodedAudio> {
-        let audio = self
-            .audio
-            .as_ref()
-            .ok_or_else(|| PipelineError::Invalid("this checkpoint has no audio tower (it is not an audio-visual model)".into()))?;
-        let (_, bins) = fbank
-            .dims2()
-            .map_err(|_| PipelineError::Invalid(format!("audio fbank must be frames×128, got {:?}", fbank.dims())))?;
+        let audio = self.audio.as_ref().ok_or_else(|| {
+            PipelineError::Invalid(
+                "this checkpoint has no audio tower (it is not an audio-visual model)".into(),
+            )
+        })?;
+        let (_, bins) = fbank.dims2().map_err(|_| {
+            PipelineError::Invalid(format!(
+                "audio fbank must be frames×128, got {:?}",
+                fbank.dims()
+            ))
+        })?;
         if bins != 128 {
-            return Err(PipelineError::Invalid(format!("audio fbank must have 128 mel bins, got {bins}")));
+            return Err(PipelineError::Invalid(format!(
+                "audio fbank must have 128 mel bins, got {bins}"
+            )));
         }
         let input = fbank.to_device(&self.device)?.to_dtype(self.dtype)?;
         let audio_features = audio.encoder.extract_features(&input)?;
         let audio_connector_out = audio.projector.forward(&audio_features)?;
-        Ok(EncodedAudio { audio_fbank: fbank.clone(), audio_features, audio_connector_out })
+        Ok(EncodedAudio {
+            audio_fbank: fbank.clone(),
+            audio_features,
+            audio_connector_out,
+        })
     }
 
     pub fn num_frames(&self) -> usize {

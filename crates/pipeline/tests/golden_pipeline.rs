@@ -45,8 +45,22 @@ fn run_case(fixture: &str, case: &str) {
         ));
     }
     if let Some(a) = &encoded.audio {
-        report.push(("audio_features", assert_close("audio_features", &a.audio_features, &expected["audio_features"])));
-        report.push(("audio_connector_out", assert_close("audio_connector_out", &a.audio_connector_out, &expected["audio_connector_out"])));
+        report.push((
+            "audio_features",
+            assert_close(
+                "audio_features",
+                &a.audio_features,
+                &expected["audio_features"],
+            ),
+        ));
+        report.push((
+            "audio_connector_out",
+            assert_close(
+                "audio_connector_out",
+                &a.audio_connector_out,
+                &expected["audio_connector_out"],
+            ),
+        ));
     }
     let opts = AnswerOptions {
         max_new_tokens: 12,

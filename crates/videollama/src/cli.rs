@@ -50,6 +50,24 @@ enum Command {
         #[command(flatten)]
         gen: GenArgs,
     },
+    /// Serve an OpenAI-compatible HTTP API (`POST /v1/chat/completions`).
+    Serve {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// Allow `file://` media under this directory (refused otherwise).
+        #[arg(long)]
+        allowed_media_dir: Option<PathBuf>,
+        /// Requests allowed to wait for the model; more get 429 with Retry-After.
+        #[arg(long, default_value_t = 16)]
+        max_queue: usize,
+        /// Request body size limit in MiB (base64 media count here).
+        #[arg(long, default_value_t = 64)]
+        max_request_mb: usize,
+    },
     /// Describe a checkpoint: architecture, parameter counts, tokens per input.
     Inspect {
         /// Checkpoint folder (reads its config.json).
@@ -148,12 +166,39 @@ pub fn run() -> Result<()> {
             question,
         } => ask(&model, &media, &gen, &question),
         Command::Caption { model, media, gen } => {
-            if media.video_pixels.is_none() && media.image_pixels.is_none() && media.audio_fbank.is_none() {
+            if media.video_pixels.is_none()
+                && media.image_pixels.is_none()
+                && media.audio_fbank.is_none()
+            {
                 bail!("caption needs media (--video-pixels, --image-pixels or --audio-fbank)");
             }
             ask(&model, &media, &gen, prompt::CAPTION_PROMPT)
         }
         Command::Chat { model, media, gen } => chat(&model, &media, &gen),
+        Command::Serve {
+            model,
+            host,
+            port,
+            allowed_media_dir,
+            max_queue,
+            max_request_mb,
+        } => {
+            let pipeline = std::sync::Arc::new(load(&model)?);
+            let model_name = model
+                .model
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "videollama".into());
+            let config = videollama_server::ServeConfig {
+                host,
+                port,
+                allowed_media_dir,
+                max_queue,
+                max_request_mb,
+                model_name,
+            };
+            videollama_server::serve(pipeline, config)
+        }
         Command::Inspect {
             model,
             config,
@@ -213,26 +258,39 @@ fn read_tensor(path: &Path, name: &str, rank: usize, layout: &str) -> Result<Ten
     if !path.is_file() {
         bail!("{}: no such file", path.display());
     }
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu).with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
     let t = match tensors.get(name) {
         Some(t) => t.clone(),
         None if tensors.len() == 1 => tensors.into_values().next().expect("one tensor"),
         None => bail!("{}: no tensor named {name}", path.display()),
     };
     if t.rank() != rank {
-        bail!("{}: {name} must be {layout}, got shape {:?}", path.display(), t.dims());
+        bail!(
+            "{}: {name} must be {layout}, got shape {:?}",
+            path.display(),
+            t.dims()
+        );
     }
     Ok(t.to_dtype(DType::F32)?)
 }
 
 fn media_input(media: &MediaArgs) -> Result<MediaInput> {
-    let audio = media.audio_fbank.as_deref().map(|p| read_tensor(p, "audio_fbank", 2, "frames×128")).transpose()?;
+    let audio = media
+        .audio_fbank
+        .as_deref()
+        .map(|p| read_tensor(p, "audio_fbank", 2, "frames×128"))
+        .transpose()?;
     let input = if let Some(p) = &media.video_pixels {
         MediaInput::video(read_tensor(p, "pixel_values", 4, "T×3×H×W")?)
     } else if let Some(p) = &media.image_pixels {
         let t = read_tensor(p, "pixel_values", 4, "1×3×H×W")?;
         if t.dim(0)? != 1 {
-            bail!("{}: an image must be 1×3×H×W, got {:?}", p.display(), t.dims());
+            bail!(
+                "{}: an image must be 1×3×H×W, got {:?}",
+                p.display(),
+                t.dims()
+            );
         }
         MediaInput::image(t)
     } else {

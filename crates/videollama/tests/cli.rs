@@ -115,16 +115,29 @@ fn ask_audio_visual_and_audio_only_json() {
     let model = golden(&format!("{fixture}/checkpoint"));
     for (case, with_video) in [("av", true), ("audio", false)] {
         let expected = golden(&format!("{fixture}/{case}/expected.safetensors"));
-        let meta: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(golden(&format!("{fixture}/{case}/case.json"))).unwrap()).unwrap();
-        let mut args = vec!["ask", "--model", model.to_str().unwrap(), "--json", "--max-new-tokens", "12"];
+        let meta: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(golden(&format!("{fixture}/{case}/case.json"))).unwrap(),
+        )
+        .unwrap();
+        let mut args = vec![
+            "ask",
+            "--model",
+            model.to_str().unwrap(),
+            "--json",
+            "--max-new-tokens",
+            "12",
+        ];
         args.extend(["--audio-fbank", expected.to_str().unwrap()]);
         if with_video {
             args.extend(["--video-pixels", expected.to_str().unwrap()]);
         }
         args.push(meta["question"].as_str().unwrap());
         let out = videollama(&args);
-        assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(token_ids(&json), expected_ids(fixture, case), "{case}");
         assert_eq!(json["audio_tokens"], 1496);
@@ -214,7 +227,10 @@ fn inspect_published_videollama2_1_7b_av() {
     // spec §10.4: BEATs 90.7 M, audio projector 15.6 M parameters.
     let beats = json["parameters"]["audio_tower"].as_u64().unwrap() as f64 / 1e6;
     let proj = json["parameters"]["audio_projector"].as_u64().unwrap() as f64 / 1e6;
-    assert!((beats - 90.7).abs() < 0.05 && (proj - 15.6).abs() < 0.05, "beats {beats} M, projector {proj} M");
+    assert!(
+        (beats - 90.7).abs() < 0.05 && (proj - 15.6).abs() < 0.05,
+        "beats {beats} M, projector {proj} M"
+    );
 }
 
 #[test]

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Idempotent build/test set-up for Debian/Ubuntu.
+#
+# Installs what `videollama-media` needs to build and test its FFmpeg-based decoder
+# (crate ffmpeg-next 9, which links against the system FFmpeg through bindgen):
+#   - pkg-config, clang, libclang-dev     bindgen / ffmpeg-sys-next build script
+#   - libav*-dev, libsw*-dev              FFmpeg headers and libraries (Debian 12: FFmpeg 5.1)
+#   - ffmpeg                              CLI; only used by tests/benchmarks as an oracle and to
+#                                         make synthetic media, never by the library itself
+#
+# apt is skipped entirely when every package is already installed (checked with `dpkg -s`),
+# so re-running in CI is fast. Runs apt as root, or through sudo when not root.
+set -euo pipefail
+
+PACKAGES=(
+  pkg-config
+  clang
+  libclang-dev
+  libavformat-dev
+  libavcodec-dev
+  libavutil-dev
+  libswscale-dev
+  libswresample-dev
+  libavfilter-dev
+  libavdevice-dev
+  ffmpeg
+)
+
+log() { printf '[setup] %s\n' "$*"; }
+
+if ! command -v dpkg >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
+  log "dpkg/apt-get not found: this script supports Debian/Ubuntu only."
+  log "Install by hand: ${PACKAGES[*]} (or the equivalents of your distribution)."
+  exit 1
+fi
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  # `dpkg -s` succeeds for removed-but-not-purged packages too; check the status line.
+  if dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed'; then
+    log "present: $pkg"
+  else
+    log "missing: $pkg"
+    missing+=("$pkg")
+  fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  log "all packages present; skipping apt-get."
+else
+  if [ "$(id -u)" -eq 0 ]; then
+    SUDO=()
+  elif command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+    log "not root: using sudo for apt-get"
+  else
+    log "not root and sudo is not available; cannot install: ${missing[*]}"
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  log "running: apt-get update"
+  "${SUDO[@]}" apt-get update
+  log "running: apt-get install -y --no-install-recommends ${missing[*]}"
+  "${SUDO[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+# Report what we ended up with.
+if command -v pkg-config >/dev/null 2>&1; then
+  for lib in libavformat libavcodec libavutil libswscale libswresample; do
+    log "$lib $(pkg-config --modversion "$lib" 2>/dev/null || echo 'NOT FOUND')"
+  done
+fi
+if command -v ffmpeg >/dev/null 2>&1; then
+  log "ffmpeg CLI: $(ffmpeg -hide_banner -version | head -n 1)"
+fi
+log "done."
