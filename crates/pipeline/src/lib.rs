@@ -508,3 +508,13 @@ pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()
         .collect::<candle_core::Result<_>>()?;
     candle_core::safetensors::save(&cpu, path).map_err(|e| PipelineError::file(path, e))
 }
+
+#[cfg(test)]
+mod tests {
+    /// A loaded pipeline is shared across server threads.
+    #[test]
+    fn pipeline_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<super::Pipeline>();
+    }
+}

@@ -6,8 +6,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
-use videollama_pipeline::{prompt, AnswerOptions, EncodedMedia, LoadOptions, MediaInput, Pipeline};
+use videollama_pipeline::media::{MediaReport, MediaRequest};
+use videollama_pipeline::{
+    prompt, AnswerOptions, EncodedMedia, LoadOptions, MediaInput, Pipeline, Visual,
+};
 
 #[derive(Parser)]
 #[command(name = "videollama", version, about = "Ask VideoLLaMA2 models about videos, images and text", long_about = None)]
@@ -101,6 +103,32 @@ struct ModelArgs {
 
 #[derive(Args)]
 struct MediaArgs {
+    /// A video file (mp4, mov, webm, mkv, gif, …) or a directory of frames.
+    #[arg(long, group = "media")]
+    video: Option<PathBuf>,
+    /// An image file (jpg, png, webp, …).
+    #[arg(long, group = "media")]
+    image: Option<PathBuf>,
+    /// A sound file (wav, mp3, flac, ogg, m4a, …); needs an audio-visual checkpoint.
+    #[arg(long, conflicts_with = "audio_fbank")]
+    audio: Option<PathBuf>,
+    /// Start of the clip to look at, in seconds.
+    #[arg(long)]
+    start: Option<f64>,
+    /// End of the clip to look at, in seconds.
+    #[arg(long)]
+    end: Option<f64>,
+    /// With an audio-visual checkpoint, ignore the video's sound track.
+    #[arg(long)]
+    no_audio: bool,
+    /// Crop sounds longer than 30 s at a seeded offset (default: keep the first 30 s;
+    /// the reference crops at random).
+    #[arg(long)]
+    audio_crop_seed: Option<u64>,
+    /// Pad frames to a square with the mean colour (training-time `pad`; the
+    /// inference reference does not pad).
+    #[arg(long)]
+    pad: bool,
     /// Preprocessed video frames: a safetensors file with `pixel_values` (T×3×H×W).
     #[arg(long, group = "media")]
     video_pixels: Option<PathBuf>,
@@ -166,11 +194,8 @@ pub fn run() -> Result<()> {
             question,
         } => ask(&model, &media, &gen, &question),
         Command::Caption { model, media, gen } => {
-            if media.video_pixels.is_none()
-                && media.image_pixels.is_none()
-                && media.audio_fbank.is_none()
-            {
-                bail!("caption needs media (--video-pixels, --image-pixels or --audio-fbank)");
+            if !has_media(&media) {
+                bail!("caption needs media (--video, --image or --audio)");
             }
             ask(&model, &media, &gen, prompt::CAPTION_PROMPT)
         }
@@ -275,14 +300,31 @@ fn read_tensor(path: &Path, name: &str, rank: usize, layout: &str) -> Result<Ten
     Ok(t.to_dtype(DType::F32)?)
 }
 
-fn media_input(media: &MediaArgs) -> Result<MediaInput> {
-    let audio = media
-        .audio_fbank
-        .as_deref()
-        .map(|p| read_tensor(p, "audio_fbank", 2, "frames×128"))
-        .transpose()?;
-    let input = if let Some(p) = &media.video_pixels {
-        MediaInput::video(read_tensor(p, "pixel_values", 4, "T×3×H×W")?)
+fn has_media(media: &MediaArgs) -> bool {
+    media.video.is_some()
+        || media.image.is_some()
+        || media.audio.is_some()
+        || media.video_pixels.is_some()
+        || media.image_pixels.is_some()
+        || media.audio_fbank.is_some()
+}
+
+/// Media files are decoded and preprocessed like the reference; the `*-pixels` /
+/// `--audio-fbank` options take tensors that were preprocessed elsewhere.
+fn media_input(pipeline: &Pipeline, media: &MediaArgs) -> Result<(MediaInput, MediaReport)> {
+    let request = MediaRequest {
+        video: media.video.clone(),
+        image: media.image.clone(),
+        audio: media.audio.clone(),
+        start_s: media.start,
+        end_s: media.end,
+        use_video_audio: if media.no_audio { Some(false) } else { None },
+        audio_crop_seed: media.audio_crop_seed,
+        pad_to_square: media.pad,
+    };
+    let (mut input, report) = pipeline.prepare_media(&request)?;
+    if let Some(p) = &media.video_pixels {
+        input.visual = Some(Visual::Video(read_tensor(p, "pixel_values", 4, "T×3×H×W")?));
     } else if let Some(p) = &media.image_pixels {
         let t = read_tensor(p, "pixel_values", 4, "1×3×H×W")?;
         if t.dim(0)? != 1 {
@@ -292,26 +334,25 @@ fn media_input(media: &MediaArgs) -> Result<MediaInput> {
                 t.dims()
             );
         }
-        MediaInput::image(t)
-    } else {
-        MediaInput::none()
-    };
-    Ok(input.with_audio(audio))
+        input.visual = Some(Visual::Image(t));
+    }
+    if let Some(p) = &media.audio_fbank {
+        input.audio_fbank = Some(read_tensor(p, "audio_fbank", 2, "frames×128")?);
+    }
+    Ok((input, report))
 }
 
-fn encode(pipeline: &Pipeline, media: &MediaArgs) -> Result<(EncodedMedia, f64)> {
-    let start = Instant::now();
-    let input = media_input(media)?;
-    let preprocess_s = start.elapsed().as_secs_f64();
+fn encode(pipeline: &Pipeline, media: &MediaArgs) -> Result<(EncodedMedia, MediaReport)> {
+    let (input, report) = media_input(pipeline, media)?;
     let pb = spinner("encoding media");
     let encoded = pipeline.encode_media(&input);
     pb.finish_and_clear();
-    Ok((encoded?, preprocess_s))
+    Ok((encoded?, report))
 }
 
 fn ask(model: &ModelArgs, media: &MediaArgs, gen: &GenArgs, question: &str) -> Result<()> {
     let pipeline = load(model)?;
-    let (encoded, preprocess_s) = encode(&pipeline, media)?;
+    let (encoded, report) = encode(&pipeline, media)?;
     let opts = gen.options();
     let stdout = std::io::stdout();
     let mut answer = pipeline.answer(&[question.to_string()], &encoded, &opts, |piece| {
@@ -322,7 +363,7 @@ fn ask(model: &ModelArgs, media: &MediaArgs, gen: &GenArgs, question: &str) -> R
         }
         true
     })?;
-    answer.timings.preprocess_s = preprocess_s;
+    answer.timings.preprocess_s = report.preprocess_s;
     if let Some(path) = &gen.dump_tensors {
         videollama_pipeline::save_tensors(&answer.tensors, path)?;
     }
@@ -336,6 +377,7 @@ fn ask(model: &ModelArgs, media: &MediaArgs, gen: &GenArgs, question: &str) -> R
             "audio_tokens": answer.audio_tokens,
             "modality": encoded.modality,
             "stop_reason": answer.stop_reason,
+            "media": report,
             "timings": {
                 "load_s": pipeline.load_seconds,
                 "preprocess_s": answer.timings.preprocess_s,

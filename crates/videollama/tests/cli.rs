@@ -320,3 +320,136 @@ fn bad_inputs_fail_with_a_clear_message() {
         "/no/such/config.json",
     );
 }
+
+#[test]
+fn bad_media_files_fail_with_a_clear_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = golden("videollama2-mistral-tiny/checkpoint");
+    let model = model.to_str().unwrap();
+    let av = golden("videollama2.1-av-tiny/checkpoint");
+    let av = av.to_str().unwrap();
+    let empty = tmp.path().join("empty.mp4");
+    std::fs::write(&empty, b"").unwrap();
+    let text = tmp.path().join("notes.mp4");
+    std::fs::write(&text, b"this is not a video at all, just some text").unwrap();
+    let truncated = tmp.path().join("truncated.mp4");
+    let bytes = std::fs::read(golden("videollama2-mistral-tiny/inputs/video.mp4")).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+    let silent = golden("videollama2-mistral-tiny/inputs/video.mp4");
+
+    assert_clean_failure(
+        &videollama(&[
+            "ask",
+            "--model",
+            model,
+            "--video",
+            "/no/such/clip.mp4",
+            "hi",
+        ]),
+        "/no/such/clip.mp4",
+    );
+    assert_clean_failure(
+        &videollama(&[
+            "ask",
+            "--model",
+            model,
+            "--video",
+            empty.to_str().unwrap(),
+            "hi",
+        ]),
+        "empty.mp4",
+    );
+    assert_clean_failure(
+        &videollama(&[
+            "ask",
+            "--model",
+            model,
+            "--video",
+            text.to_str().unwrap(),
+            "hi",
+        ]),
+        "notes.mp4",
+    );
+    assert_clean_failure(
+        &videollama(&[
+            "ask",
+            "--model",
+            model,
+            "--video",
+            truncated.to_str().unwrap(),
+            "hi",
+        ]),
+        "truncated.mp4",
+    );
+    assert_clean_failure(
+        &videollama(&[
+            "ask",
+            "--model",
+            model,
+            "--image",
+            text.to_str().unwrap(),
+            "hi",
+        ]),
+        "notes.mp4",
+    );
+    // Asking for sound where there is none, or of a model that cannot hear.
+    assert_clean_failure(
+        &videollama(&[
+            "ask",
+            "--model",
+            av,
+            "--audio",
+            silent.to_str().unwrap(),
+            "hi",
+        ]),
+        "audio",
+    );
+    let wav = golden("videollama2.1-av-tiny/inputs/audio.wav");
+    assert_clean_failure(
+        &videollama(&[
+            "ask",
+            "--model",
+            model,
+            "--audio",
+            wav.to_str().unwrap(),
+            "hi",
+        ]),
+        "no audio tower",
+    );
+    // Nothing the user gave was modified.
+    assert_eq!(
+        std::fs::read(&truncated).unwrap(),
+        &bytes[..bytes.len() / 3]
+    );
+}
+
+#[test]
+fn ask_video_file_streams_the_reference_answer() {
+    let fixture = "videollama2-mistral-tiny";
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(golden(&format!("{fixture}/video/case.json"))).unwrap(),
+    )
+    .unwrap();
+    let model = golden(&format!("{fixture}/checkpoint"));
+    let video = golden(&format!("{fixture}/inputs/video.mp4"));
+    let out = videollama(&[
+        "ask",
+        "--model",
+        model.to_str().unwrap(),
+        "--video",
+        video.to_str().unwrap(),
+        "--max-new-tokens",
+        "12",
+        meta["question"].as_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Streamed text is the reference's decoded answer plus a final newline.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\n", meta["generated_text"].as_str().unwrap())
+    );
+}
