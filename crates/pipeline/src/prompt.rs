@@ -16,9 +16,17 @@ use tokenizers::Tokenizer;
 /// The system message `mm_infer` prepends for the Mistral/Mixtral model types (spec §8.1).
 pub const MISTRAL_SYSTEM_MESSAGE: &str = "<<SYS>>\nYou are a helpful, respectful and honest assistant. Always answer as helpfully as possible, while being safe.  Your answers should not include any harmful, unethical, racist, sexist, toxic, dangerous, or illegal content. Please ensure that your responses are socially unbiased and positive in nature.\nIf a question does not make any sense, or is not factually coherent, explain why instead of answering something not correct. If you don't know the answer to a question, please don't share false information.\n<</SYS>>";
 
-/// The captioning instruction used by `videollama caption` (the reference's
-/// video-captioning evaluation prompt).
-pub const CAPTION_PROMPT: &str = "Describe the video in detail.";
+/// The captioning instruction of `videollama caption` for each modality. The
+/// reference's captioning evaluation (`inference_video_cap_msvc.py`) reads its
+/// question from the benchmark file; this is the detailed-description wording of
+/// that benchmark, and `caption --prompt` replaces it.
+pub fn caption_prompt(modality: Modality) -> &'static str {
+    match modality {
+        Modality::Image => "Describe the image in detail.",
+        Modality::Audio => "Describe the audio in detail.",
+        Modality::Video | Modality::Text => "Describe the video in detail.",
+    }
+}
 
 /// Which media the prompt refers to; decides the placeholder string and id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

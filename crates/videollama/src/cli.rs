@@ -7,6 +7,7 @@ use serde_json::json;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use videollama_pipeline::media::{MediaReport, MediaRequest};
+use videollama_pipeline::Modality;
 use videollama_pipeline::{
     prompt, AnswerOptions, EncodedMedia, LoadOptions, MediaInput, Pipeline, Visual,
 };
@@ -34,7 +35,7 @@ enum Command {
         /// The question.
         question: String,
     },
-    /// Caption a video or image with the reference's captioning prompt.
+    /// Caption a video, image or sound ("Describe the video in detail.").
     Caption {
         #[command(flatten)]
         model: ModelArgs,
@@ -42,6 +43,9 @@ enum Command {
         media: MediaArgs,
         #[command(flatten)]
         gen: GenArgs,
+        /// Use this instruction instead of the default captioning prompt.
+        #[arg(long)]
+        prompt: Option<String>,
     },
     /// Multi-turn conversation in the terminal about one video or image (encoded once).
     Chat {
@@ -69,6 +73,21 @@ enum Command {
         /// Request body size limit in MiB (base64 media count here).
         #[arg(long, default_value_t = 64)]
         max_request_mb: usize,
+    },
+    /// Benchmark decode + sample + preprocess of one video against the ffmpeg CLI.
+    BenchMedia {
+        /// The video to read.
+        #[arg(long)]
+        video: PathBuf,
+        /// Frames to sample uniformly.
+        #[arg(long, default_value_t = 16)]
+        frames: usize,
+        /// Image processor: clip (336, crop) or siglip (384 square).
+        #[arg(long, default_value = "siglip")]
+        processor: String,
+        /// Runs per measurement (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
     },
     /// Describe a checkpoint: architecture, parameter counts, tokens per input.
     Inspect {
@@ -193,11 +212,25 @@ pub fn run() -> Result<()> {
             gen,
             question,
         } => ask(&model, &media, &gen, &question),
-        Command::Caption { model, media, gen } => {
+        Command::Caption {
+            model,
+            media,
+            gen,
+            prompt: instruction,
+        } => {
             if !has_media(&media) {
                 bail!("caption needs media (--video, --image or --audio)");
             }
-            ask(&model, &media, &gen, prompt::CAPTION_PROMPT)
+            let modality = if media.image.is_some() || media.image_pixels.is_some() {
+                Modality::Image
+            } else if media.video.is_some() || media.video_pixels.is_some() {
+                Modality::Video
+            } else {
+                Modality::Audio
+            };
+            let instruction =
+                instruction.unwrap_or_else(|| prompt::caption_prompt(modality).to_string());
+            ask(&model, &media, &gen, &instruction)
         }
         Command::Chat { model, media, gen } => chat(&model, &media, &gen),
         Command::Serve {
@@ -224,6 +257,12 @@ pub fn run() -> Result<()> {
             };
             videollama_server::serve(pipeline, config)
         }
+        Command::BenchMedia {
+            video,
+            frames,
+            processor,
+            repeat,
+        } => crate::bench::bench_media(&video, frames, &processor, repeat),
         Command::Inspect {
             model,
             config,

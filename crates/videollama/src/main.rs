@@ -3,6 +3,7 @@
 //! Commands: `ask`, `caption`, `chat`, `inspect`. Every error is printed as one
 //! message naming the file and the cause, with exit status 1.
 
+mod bench;
 mod cli;
 
 fn main() -> std::process::ExitCode {
