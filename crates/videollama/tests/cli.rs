@@ -453,3 +453,74 @@ fn ask_video_file_streams_the_reference_answer() {
         format!("{}\n", meta["generated_text"].as_str().unwrap())
     );
 }
+
+/// `chat` keeps the history: its second answer equals the pipeline's answer to the
+/// whole conversation (question, first answer, follow-up) about the same video.
+#[test]
+fn chat_is_multi_turn_about_one_video() {
+    use std::io::Write;
+    use videollama_pipeline::{media::MediaRequest, AnswerOptions, LoadOptions, Pipeline};
+    let model = golden("videollama2.1-qwen2-tiny/checkpoint");
+    let video = golden("videollama2.1-qwen2-tiny/inputs/video.mp4");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_videollama"))
+        .args([
+            "chat",
+            "--model",
+            model.to_str().unwrap(),
+            "--video",
+            video.to_str().unwrap(),
+            "--max-new-tokens",
+            "4",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"What is in the video?\nAnd the colours?\n/exit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let answers: Vec<&str> = stdout
+        .split("> ")
+        .map(str::trim_end)
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(answers.len(), 2, "{stdout:?}");
+
+    let pipeline = Pipeline::load(&model, &LoadOptions::default()).unwrap();
+    let (media, _) = pipeline
+        .prepare_media(&MediaRequest {
+            video: Some(video),
+            ..Default::default()
+        })
+        .unwrap();
+    let encoded = pipeline.encode_media(&media).unwrap();
+    let opts = AnswerOptions {
+        max_new_tokens: 4,
+        ..Default::default()
+    };
+    let first = pipeline
+        .answer(&["What is in the video?".into()], &encoded, &opts, |_| true)
+        .unwrap()
+        .answer;
+    let turns = vec![
+        "What is in the video?".to_string(),
+        first.clone(),
+        "And the colours?".to_string(),
+    ];
+    let second = pipeline
+        .answer(&turns, &encoded, &opts, |_| true)
+        .unwrap()
+        .answer;
+    assert_eq!(answers, vec![first.as_str(), second.as_str()]);
+}
