@@ -6,72 +6,26 @@
 //! `Beats::forward_with_stages` and must reproduce `debug:audio_post_extract_proj` (1×1496×C),
 //! `debug:audio_encoder_layer0` (T×B×C) and `expected:audio_features` (1496×C).
 //!
-//! Tolerance: max |a − b| ≤ 1e-4 · max(1, max |ref|) (float32 CPU on both sides).
-
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+//! Tolerance (`videollama_testutil::assert_close`): max |a − b| ≤ 1e-4 · max(1, max |ref|)
+//! (float32 CPU on both sides).
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use videollama_encoders::beats::{beats_weight_norm, relative_position_bucket, Beats, BeatsConfig};
+use videollama_testutil::{
+    assert_close, checkpoint_shards, checkpoint_var_builder, load_json, load_tensors,
+};
 
 const FIXTURE: &str = "videollama2.1-av-tiny";
 
-fn fixture() -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/golden")).join(FIXTURE)
-}
-
 fn load_config() -> BeatsConfig {
-    let text = std::fs::read_to_string(fixture().join("checkpoint/config.json")).unwrap();
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let json = load_json(&format!("{FIXTURE}/checkpoint/config.json"));
     BeatsConfig::from_overrides(json.get("beats_cfg")).unwrap()
 }
 
 fn load_model(cfg: &BeatsConfig) -> Beats {
-    let ck = fixture().join("checkpoint");
-    let shards = [
-        ck.join("model-00001-of-00002.safetensors"),
-        ck.join("model-00002-of-00002.safetensors"),
-    ];
-    // SAFETY: the fixture files are not modified while the test runs.
-    let vb =
-        unsafe { VarBuilder::from_mmaped_safetensors(&shards, DType::F32, &Device::Cpu).unwrap() };
+    let vb = checkpoint_var_builder(FIXTURE, DType::F32);
     Beats::new(cfg, vb.pp("model.audio_tower")).unwrap()
-}
-
-fn load(case: &str, file: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture().join(case).join(file), &Device::Cpu).unwrap()
-}
-
-/// `(max |a − b|, 1e-4 · max(1, max |ref|))`, after checking the shapes agree.
-fn error(what: &str, got: &Tensor, want: &Tensor) -> (f32, f32) {
-    assert_eq!(got.dims(), want.dims(), "{what}: shape");
-    let diff = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = want
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        .max(1.0);
-    (diff, 1e-4 * scale)
-}
-
-fn check(case: &str, what: &str, got: &Tensor, want: &Tensor) {
-    let (diff, tol) = error(what, got, want);
-    eprintln!("{case}/{what}: max|diff| = {diff:.3e} (tol {tol:.1e})");
-    assert!(
-        diff.is_finite() && diff <= tol,
-        "{case}/{what}: max|diff| {diff:e} > {tol:e}"
-    );
 }
 
 #[test]
@@ -96,13 +50,9 @@ fn config_overrides_from_fixture() {
 
     // Parameter count from the config alone vs the tensors in the checkpoint (layer 0's
     // relative_attention_bias counted once, as PyTorch counts a shared module).
-    let ck = fixture().join("checkpoint");
     let mut n = 0u64;
-    for shard in [
-        "model-00001-of-00002.safetensors",
-        "model-00002-of-00002.safetensors",
-    ] {
-        for (name, t) in candle_core::safetensors::load(ck.join(shard), &Device::Cpu).unwrap() {
+    for shard in checkpoint_shards(FIXTURE) {
+        for (name, t) in candle_core::safetensors::load(&shard, &Device::Cpu).unwrap() {
             if let Some(rest) = name.strip_prefix("model.audio_tower.") {
                 let shared_copy = rest.contains("relative_attention_bias")
                     && !rest.starts_with("encoder.layers.0.");
@@ -120,14 +70,13 @@ fn config_overrides_from_fixture() {
 }
 
 fn run_case(model: &Beats, case: &str) {
-    let exp = load(case, "expected.safetensors");
-    let dbg = load(case, "debug.safetensors");
+    let exp = load_tensors(&format!("{FIXTURE}/{case}/expected.safetensors"));
+    let dbg = load_tensors(&format!("{FIXTURE}/{case}/debug.safetensors"));
     let fbank = &exp["audio_fbank"];
     assert_eq!(fbank.dims(), &[2998, 128]);
     let stages = model.forward_with_stages(fbank).unwrap();
-    check(
-        case,
-        "audio_post_extract_proj",
+    assert_close(
+        &format!("{case}/audio_post_extract_proj"),
         &stages.post_extract_proj,
         &dbg["audio_post_extract_proj"],
     );
@@ -137,15 +86,18 @@ fn run_case(model: &Beats, case: &str) {
         .unwrap()
         .contiguous()
         .unwrap();
-    check(
-        case,
-        "audio_encoder_layer0",
+    assert_close(
+        &format!("{case}/audio_encoder_layer0"),
         &layer0,
         &dbg["audio_encoder_layer0"],
     );
     let features = model.extract_features(fbank).unwrap();
     assert_eq!(features.dims(), &[1496, model.hidden_size()]);
-    check(case, "audio_features", &features, &exp["audio_features"]);
+    assert_close(
+        &format!("{case}/audio_features"),
+        &features,
+        &exp["audio_features"],
+    );
 }
 
 #[test]

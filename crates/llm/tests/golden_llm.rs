@@ -6,58 +6,24 @@
 //! must reproduce every raw row of `logits_steps` and the exact `generated_ids` (with the
 //! fixture's `repetition_penalty`, which HF applies even when greedy).
 //!
-//! Tolerance: max |a − b| ≤ 1e-4 · max(1, max |ref|) per logits row (float32 CPU on both sides).
-
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+//! Tolerance (`videollama_testutil::assert_close`): max |a − b| ≤ 1e-4 · max(1, max |ref|) per
+//! logits row (float32 CPU on both sides).
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use videollama_llm::{
     apply_repetition_penalty, generate, DecoderConfig, DecoderLm, GenerationConfig,
     LogitsProcessor, SamplingParams,
 };
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/golden")).join(name)
-}
+use videollama_testutil::{assert_close, case_json, checkpoint_var_builder, golden, load_tensors};
 
 fn load_model(name: &str, qwen2: bool) -> (DecoderLm, GenerationConfig) {
-    let ck = fixture(name).join("checkpoint");
+    let ck = golden(&format!("{name}/checkpoint"));
     let mut cfg = DecoderConfig::from_file(ck.join("config.json")).unwrap();
     // HF Qwen2 hard-codes q/k/v bias; the config has no field for it.
     cfg.attention_bias = qwen2;
-    let shards = [
-        ck.join("model-00001-of-00002.safetensors"),
-        ck.join("model-00002-of-00002.safetensors"),
-    ];
-    // SAFETY: the fixture files are not modified while the test runs.
-    let vb =
-        unsafe { VarBuilder::from_mmaped_safetensors(&shards, DType::F32, &Device::Cpu).unwrap() };
-    let model = DecoderLm::new(&cfg, vb).unwrap();
+    let model = DecoderLm::new(&cfg, checkpoint_var_builder(name, DType::F32)).unwrap();
     let gc = GenerationConfig::from_file(ck.join("generation_config.json")).unwrap();
     (model, gc)
-}
-
-/// `max |a − b|` and the allowed bound `1e-4 · max(1, max |ref|)`.
-fn row_error(got: &Tensor, want: &Tensor) -> (f32, f32) {
-    let diff = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = want
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        .max(1.0);
-    (diff, 1e-4 * scale)
 }
 
 fn top2_gap(v: &[f32]) -> f64 {
@@ -67,13 +33,7 @@ fn top2_gap(v: &[f32]) -> f64 {
 }
 
 fn run_case(model: &DecoderLm, gc: &GenerationConfig, fixture_name: &str, case: &str) -> f32 {
-    let exp: HashMap<String, Tensor> = candle_core::safetensors::load(
-        fixture(fixture_name)
-            .join(case)
-            .join("expected.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let exp = load_tensors(&format!("{fixture_name}/{case}/expected.safetensors"));
     let embeds = exp["inputs_embeds"].unsqueeze(0).unwrap();
     let logits_last = &exp["logits_last"];
     let steps = &exp["logits_steps"];
@@ -86,11 +46,7 @@ fn run_case(model: &DecoderLm, gc: &GenerationConfig, fixture_name: &str, case: 
     let tag = format!("{fixture_name}/{case}");
     // The recorded top-1 − top-2 gap after the logits processors. On these fixtures the
     // penalty never changes a greedy id, so this is what proves it is applied (and right).
-    let case_json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture(fixture_name).join(case).join("case.json")).unwrap(),
-    )
-    .unwrap();
-    let margins: Vec<f64> = case_json["top1_minus_top2_logit_margin_per_step"]
+    let margins: Vec<f64> = case_json(fixture_name, case)["top1_minus_top2_logit_margin_per_step"]
         .as_array()
         .unwrap()
         .iter()
@@ -99,9 +55,7 @@ fn run_case(model: &DecoderLm, gc: &GenerationConfig, fixture_name: &str, case: 
 
     let mut cache = model.new_cache();
     let logits = model.forward_embeds(&embeds, &mut cache).unwrap();
-    let (d0, tol0) = row_error(&logits, logits_last);
-    assert!(d0 <= tol0, "{tag}: logits_last max abs err {d0} > {tol0}");
-    let mut worst = d0;
+    let mut worst = assert_close(&format!("{tag}: logits_last"), &logits, logits_last).max_abs;
 
     // Greedy, with only the penalty from generation_config.json (mm_infer forces do_sample=False).
     let params = SamplingParams::from_generation_config(gc, false, 0);
@@ -110,8 +64,7 @@ fn run_case(model: &DecoderLm, gc: &GenerationConfig, fixture_name: &str, case: 
     let mut logits = logits;
     for (step, want_id) in want_ids.iter().enumerate() {
         let want_row = steps.get(step).unwrap();
-        let (d, tol) = row_error(&logits, &want_row);
-        assert!(d <= tol, "{tag}: step {step} max abs err {d} > {tol}");
+        let d = assert_close(&format!("{tag}: step {step}"), &logits, &want_row).max_abs;
         worst = worst.max(d);
         let mut processed = logits.to_vec1::<f32>().unwrap();
         apply_repetition_penalty(
@@ -189,11 +142,7 @@ fn qwen2_tiny_matches_reference() {
 fn qwen2_text_embeddings_match_embed_tokens() {
     let name = "videollama2.1-qwen2-tiny";
     let (model, _) = load_model(name, true);
-    let exp = candle_core::safetensors::load(
-        fixture(name).join("text/expected.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let exp = load_tensors(&format!("{name}/text/expected.safetensors"));
     let ids: Vec<u32> = exp["input_ids"]
         .to_vec1::<i64>()
         .unwrap()

@@ -5,10 +5,11 @@
 mod common;
 
 use candle_core::{DType, Tensor};
-use common::*;
+use common::ids_i64;
 use std::path::PathBuf;
 use videollama_pipeline::media::MediaRequest;
 use videollama_pipeline::{AnswerOptions, LoadOptions, Pipeline};
+use videollama_testutil::{case_json, golden, load_tensors};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());

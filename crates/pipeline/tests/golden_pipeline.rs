@@ -1,12 +1,14 @@
 //! End-to-end golden tests: for every case of the two vision fixtures, the
 //! pipeline must reproduce the reference's prompt, input_ids (placeholders
-//! included), every stage tensor within `common::TOL`, every generation step's
-//! logits, the generated ids exactly and the decoded text.
+//! included), every stage tensor and every generation step's logits within
+//! `videollama_testutil::assert_close` (max|a − b| ≤ 1e-4 · max(1, max|ref|)),
+//! the generated ids exactly and the decoded text.
 
 mod common;
 
-use common::*;
+use common::ids_i64;
 use videollama_pipeline::{AnswerOptions, LoadOptions, MediaInput, Pipeline};
+use videollama_testutil::{assert_close, case_json, golden, load_tensors};
 
 fn run_case(fixture: &str, case: &str) {
     let pipeline = Pipeline::load(
@@ -122,7 +124,8 @@ fn run_case(fixture: &str, case: &str) {
             .map(|c| c.dim(0).unwrap())
             .unwrap_or(0)
     );
-    for (stage, rel) in report {
+    for (stage, close) in report {
+        let rel = close.rel_err();
         eprintln!("{fixture}/{case} {stage}: max relative error {rel:.2e}");
     }
 }

@@ -1,14 +1,12 @@
 //! Checkpoint loading: bf16 shards with an index, and every malformed checkpoint
 //! producing a clear error that names the file or tensor (never a panic).
 
-mod common;
-
 use candle_core::{DType, Device, Tensor};
-use common::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use videollama_pipeline::checkpoint::{find_weight_files, Checkpoint};
 use videollama_pipeline::{AnswerOptions, EncodedMedia, LoadOptions, Pipeline};
+use videollama_testutil::golden;
 
 const FIXTURE: &str = "videollama2-mistral-tiny";
 

@@ -2,12 +2,10 @@
 //! truncated copies of real files must give an error (or, for a truncation that
 //! still decodes, a result) — never a panic or a hang.
 
-mod common;
-
-use common::*;
 use std::time::{Duration, Instant};
 use videollama_pipeline::media::MediaRequest;
 use videollama_pipeline::{LoadOptions, Pipeline};
+use videollama_testutil::golden;
 
 /// Small deterministic generator (xorshift) so failures are reproducible.
 fn random_bytes(seed: u64, len: usize) -> Vec<u8> {

@@ -5,12 +5,10 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+use videollama_testutil::{case_json, golden, load_tensors};
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn golden(rel: &str) -> PathBuf {
-    root().join("tests/golden").join(rel)
 }
 
 fn videollama(args: &[&str]) -> Output {
@@ -21,12 +19,7 @@ fn videollama(args: &[&str]) -> Output {
 }
 
 fn expected_ids(fixture: &str, case: &str) -> Vec<u64> {
-    let t = candle_core::safetensors::load(
-        golden(&format!("{fixture}/{case}/expected.safetensors")),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    t["generated_ids"]
+    load_tensors(&format!("{fixture}/{case}/expected.safetensors"))["generated_ids"]
         .to_vec1::<i64>()
         .unwrap()
         .into_iter()
@@ -35,10 +28,7 @@ fn expected_ids(fixture: &str, case: &str) -> Vec<u64> {
 }
 
 fn ask_json(fixture: &str, case: &str, media_flag: Option<&str>) -> serde_json::Value {
-    let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(golden(&format!("{fixture}/{case}/case.json"))).unwrap(),
-    )
-    .unwrap();
+    let meta = case_json(fixture, case);
     let model = golden(&format!("{fixture}/checkpoint"));
     let pixels = golden(&format!("{fixture}/{case}/expected.safetensors"));
     let mut args = vec![
@@ -115,10 +105,7 @@ fn ask_audio_visual_and_audio_only_json() {
     let model = golden(&format!("{fixture}/checkpoint"));
     for (case, with_video) in [("av", true), ("audio", false)] {
         let expected = golden(&format!("{fixture}/{case}/expected.safetensors"));
-        let meta: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(golden(&format!("{fixture}/{case}/case.json"))).unwrap(),
-        )
-        .unwrap();
+        let meta = case_json(fixture, case);
         let mut args = vec![
             "ask",
             "--model",
@@ -426,10 +413,7 @@ fn bad_media_files_fail_with_a_clear_message() {
 #[test]
 fn ask_video_file_streams_the_reference_answer() {
     let fixture = "videollama2-mistral-tiny";
-    let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(golden(&format!("{fixture}/video/case.json"))).unwrap(),
-    )
-    .unwrap();
+    let meta = case_json(fixture, "video");
     let model = golden(&format!("{fixture}/checkpoint"));
     let video = golden(&format!("{fixture}/inputs/video.mp4"));
     let out = videollama(&[
