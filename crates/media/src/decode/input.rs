@@ -134,6 +134,11 @@ pub(crate) struct PacketReader {
 impl PacketReader {
     pub fn read(&mut self, input: &mut Input, packet: &mut ffmpeg::Packet) -> ReadOutcome {
         loop {
+            // `av_read_frame` overwrites the packet without releasing the buffer it
+            // still holds, so a reused packet must be unreferenced first (ffmpeg-next's
+            // `Packet::read` does not do it); without this every packet read leaked.
+            // SAFETY: `packet` is a valid, owned AVPacket.
+            unsafe { ffi::av_packet_unref(ffmpeg::packet::Mut::as_mut_ptr(packet)) };
             match packet.read(input) {
                 Ok(()) => {
                     self.consecutive_errors = 0;
