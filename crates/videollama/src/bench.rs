@@ -21,7 +21,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-fn run_ffmpeg(args: &[String]) -> Result<usize> {
+fn run_ffmpeg(args: &[&str]) -> Result<usize> {
     let out = Command::new("ffmpeg")
         .args(args)
         .stdin(Stdio::null())
@@ -65,7 +65,8 @@ pub fn bench_media(video: &Path, frames: usize, processor: &str, repeat: usize) 
         .map(|i| format!("eq(n\\,{i})"))
         .collect::<Vec<_>>()
         .join("+");
-    let select_args: Vec<String> = [
+    let select_filter = format!("select='{select}'");
+    let select_args = [
         "-v",
         "error",
         "-nostdin",
@@ -74,7 +75,7 @@ pub fn bench_media(video: &Path, frames: usize, processor: &str, repeat: usize) 
         "-i",
         &file,
         "-vf",
-        &format!("select='{select}'"),
+        &select_filter,
         "-vsync",
         "0",
         "-pix_fmt",
@@ -82,10 +83,7 @@ pub fn bench_media(video: &Path, frames: usize, processor: &str, repeat: usize) 
         "-f",
         "rawvideo",
         "-",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ];
     let mut ff_select = Vec::new();
     let mut ff_seek = Vec::new();
     for _ in 0..repeat {
@@ -103,7 +101,7 @@ pub fn bench_media(video: &Path, frames: usize, processor: &str, repeat: usize) 
         let start = Instant::now();
         for &i in &indices {
             let t = format!("{:.6}", i as f64 / info.avg_fps);
-            let args: Vec<String> = [
+            let args = [
                 "-v",
                 "error",
                 "-nostdin",
@@ -118,10 +116,7 @@ pub fn bench_media(video: &Path, frames: usize, processor: &str, repeat: usize) 
                 "-f",
                 "rawvideo",
                 "-",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+            ];
             run_ffmpeg(&args)?;
         }
         ff_seek.push(start.elapsed().as_secs_f64());
