@@ -12,7 +12,7 @@
 
 use candle_core::{bail, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use videollama_nn::attention::scaled_dot_product_attention;
+use videollama_nn::attention::{attention, AttentionMask};
 use videollama_nn::{layer_norm, linear, Activation, LayerNorm, Linear};
 
 /// Shape of one encoder layer (identical for CLIP and SigLIP).
@@ -47,15 +47,9 @@ impl LayerDims {
     }
 }
 
-/// Apply a `Linear` to the last dim of an `[.., in]` tensor via one 2-D matmul.
+/// Apply a `Linear` to the last dim of an `[.., in]` tensor (one 2-D GEMM over all rows).
 pub(crate) fn linear_nd(l: &Linear, xs: &Tensor) -> Result<Tensor> {
-    let dims = xs.dims().to_vec();
-    let last = *dims.last().expect("rank >= 1");
-    let rows = xs.elem_count() / last.max(1);
-    let out = l.forward(&xs.reshape((rows, last))?)?;
-    let mut new_dims = dims;
-    *new_dims.last_mut().unwrap() = out.dim(1)?;
-    out.reshape(new_dims)
+    l.forward(xs)
 }
 
 #[derive(Debug, Clone)]
@@ -95,7 +89,7 @@ impl SelfAttention {
         let q = split(linear_nd(&self.q_proj, xs)?)?;
         let k = split(linear_nd(&self.k_proj, xs)?)?;
         let v = split(linear_nd(&self.v_proj, xs)?)?;
-        let o = scaled_dot_product_attention(&q, &k, &v, self.scale, None)?;
+        let o = attention(&q, &k, &v, self.scale, AttentionMask::None)?;
         let o = o.transpose(1, 2)?.reshape((b, l, c))?;
         linear_nd(&self.out_proj, &o)
     }

@@ -311,6 +311,24 @@ impl VisionTower {
     /// `pixel_values [T, 3, H, W]` → `[T, n, C]`, in the dtype of `pixel_values` (as the
     /// reference casts the features back to the input dtype). The frames are independent.
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        // Frames are independent: run them in small batches so the activations of a batch
+        // (the MLP's [frames·729, 4304] for SigLIP) stay small and cache-friendly while each
+        // GEMM still has thousands of rows. The result is identical to one big batch.
+        let frames = pixel_values.dim(0)?;
+        if frames > FRAMES_PER_BATCH {
+            let mut outs = Vec::with_capacity(frames.div_ceil(FRAMES_PER_BATCH));
+            let mut start = 0;
+            while start < frames {
+                let n = FRAMES_PER_BATCH.min(frames - start);
+                outs.push(self.forward_batch(&pixel_values.narrow(0, start, n)?)?);
+                start += n;
+            }
+            return Tensor::cat(&outs, 0);
+        }
+        self.forward_batch(pixel_values)
+    }
+
+    fn forward_batch(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let in_dtype = pixel_values.dtype();
         let out = match &self.model {
             Model::Clip(m) => {
@@ -328,6 +346,9 @@ impl VisionTower {
         out.contiguous()?.to_dtype(in_dtype)
     }
 }
+
+/// Frames per tower forward (see [`VisionTower::forward`]).
+pub const FRAMES_PER_BATCH: usize = 4;
 
 #[cfg(test)]
 mod tests {

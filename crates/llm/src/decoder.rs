@@ -10,26 +10,65 @@
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use videollama_nn::attention::{causal_mask, scaled_dot_product_attention};
-use videollama_nn::{linear_b, linear_no_bias, rms_norm, Linear, RmsNorm};
+use videollama_nn::attention::{attention, AttentionMask};
+use videollama_nn::{linear_b, linear_no_bias, quantize_in_scope, rms_norm, Linear, RmsNorm};
 
 use crate::config::DecoderConfig;
 use crate::moe::{FeedForward, SparseMoe, SwiGlu};
 use crate::rope::RotaryEmbedding;
 
+/// Keys (after RoPE) and values of one layer, in buffers with room to grow:
+/// `[1, num_key_value_heads, capacity, head_dim]`, of which the first `len` positions hold data.
+#[derive(Debug)]
+struct LayerKv {
+    k: Tensor,
+    v: Tensor,
+}
+
 /// Per-request attention state: for every layer the keys (after RoPE) and values of all
-/// positions seen so far, `[1, num_key_value_heads, len, head_dim]` each.
-#[derive(Debug, Clone)]
+/// positions seen so far.
+///
+/// The buffers are preallocated ([`KvCache::reserve`]) and written in place, so a decoding
+/// step costs one row write per layer instead of re-concatenating the whole cache. When a
+/// forward needs more room the buffers grow geometrically (amortised O(1) per token).
+#[derive(Debug)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerKv>>,
     len: usize,
+    /// Positions the next allocation makes room for (at least).
+    reserved: usize,
+}
+
+/// Capacity granularity of the cache buffers (positions).
+const KV_CHUNK: usize = 256;
+
+impl Clone for KvCache {
+    /// A deep copy: the buffers are written in place, so clones must not share them.
+    fn clone(&self) -> Self {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.as_ref().map(|l| LayerKv {
+                    k: l.k.copy().expect("copying a KV buffer"),
+                    v: l.v.copy().expect("copying a KV buffer"),
+                })
+            })
+            .collect();
+        Self {
+            layers,
+            len: self.len,
+            reserved: self.reserved,
+        }
+    }
 }
 
 impl KvCache {
     fn new(num_layers: usize) -> Self {
         Self {
-            layers: vec![None; num_layers],
+            layers: (0..num_layers).map(|_| None).collect(),
             len: 0,
+            reserved: 0,
         }
     }
 
@@ -42,15 +81,79 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Forget everything so the cache can serve a new request.
+    /// Make the next allocation hold at least `positions` positions (prompt + new tokens),
+    /// so a whole request runs without reallocating.
+    pub fn reserve(&mut self, positions: usize) {
+        self.reserved = self.reserved.max(positions);
+    }
+
+    /// Forget everything so the cache can serve a new request (buffers are kept).
     pub fn reset(&mut self) {
-        self.layers.iter_mut().for_each(|l| *l = None);
         self.len = 0;
     }
 
-    /// The cached `(keys, values)` of one layer (`None` before the first forward).
-    pub fn layer(&self, i: usize) -> Option<&(Tensor, Tensor)> {
-        self.layers.get(i).and_then(|l| l.as_ref())
+    /// Keep only the first `len` positions (e.g. to drop a generated answer that will be
+    /// re-fed, or to return to a shared prefix).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Positions the buffers can hold without growing.
+    pub fn capacity(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|l| l.k.dim(2).unwrap_or(0))
+            .next()
+            .unwrap_or(0)
+    }
+
+    /// Bytes held by the buffers.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|l| 2 * l.k.elem_count() * l.k.dtype().size_in_bytes())
+            .sum()
+    }
+
+    /// The cached `(keys, values)` of one layer, `[1, Hkv, len, D]` views (`None` before the
+    /// first forward).
+    pub fn layer(&self, i: usize) -> Option<(Tensor, Tensor)> {
+        let l = self.layers.get(i)?.as_ref()?;
+        Some((
+            l.k.narrow(2, 0, self.len).ok()?,
+            l.v.narrow(2, 0, self.len).ok()?,
+        ))
+    }
+
+    /// Write `k`/`v` (`[1, Hkv, n, D]`) of layer `i` at positions `offset..offset+n` and
+    /// return views of positions `0..offset+n`.
+    fn append(&mut self, i: usize, offset: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, h, n, d) = k.dims4()?;
+        let needed = offset + n;
+        let slot = &mut self.layers[i];
+        let cap = slot.as_ref().map(|l| l.k.dim(2)).transpose()?.unwrap_or(0);
+        if needed > cap {
+            let new_cap = needed
+                .max(self.reserved)
+                .max(cap * 2)
+                .div_ceil(KV_CHUNK)
+                * KV_CHUNK;
+            let kb = Tensor::zeros((b, h, new_cap, d), k.dtype(), k.device())?;
+            let vb = Tensor::zeros((b, h, new_cap, d), v.dtype(), v.device())?;
+            if let Some(old) = slot.as_ref() {
+                if offset > 0 {
+                    kb.slice_set(&old.k.narrow(2, 0, offset)?.contiguous()?, 2, 0)?;
+                    vb.slice_set(&old.v.narrow(2, 0, offset)?.contiguous()?, 2, 0)?;
+                }
+            }
+            *slot = Some(LayerKv { k: kb, v: vb });
+        }
+        let l = slot.as_ref().expect("allocated above");
+        l.k.slice_set(&k.contiguous()?, 2, offset)?;
+        l.v.slice_set(&v.contiguous()?, 2, offset)?;
+        Ok((l.k.narrow(2, 0, needed)?, l.v.narrow(2, 0, needed)?))
     }
 }
 
@@ -87,31 +190,28 @@ impl Attention {
         })
     }
 
-    /// `xs`: `[B, L, H]` at positions `offset..offset+L`. Returns the output and the layer's
-    /// updated `(keys, values)` (the caller commits them to the cache).
+    /// `xs`: `[1, L, H]` at positions `offset..offset+L`; the new keys/values are written
+    /// into layer `index` of `cache` and attention reads the cached positions plus them.
     fn forward(
         &self,
         xs: &Tensor,
         rope: &RotaryEmbedding,
         offset: usize,
-        mask: Option<&Tensor>,
-        past: Option<&(Tensor, Tensor)>,
-    ) -> Result<(Tensor, (Tensor, Tensor))> {
+        cache: &mut KvCache,
+        index: usize,
+    ) -> Result<Tensor> {
         let (b, l, _) = xs.dims3()?;
         let heads = |t: Tensor, n: usize| t.reshape((b, l, n, self.head_dim))?.transpose(1, 2);
         let q = rope.apply(&heads(self.q_proj.forward(xs)?, self.n_heads)?, offset)?;
         let k = rope.apply(&heads(self.k_proj.forward(xs)?, self.n_kv_heads)?, offset)?;
-        let v = heads(self.v_proj.forward(xs)?, self.n_kv_heads)?.contiguous()?;
-        let (k, v) = match past {
-            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
-            None => (k, v),
-        };
+        let v = heads(self.v_proj.forward(xs)?, self.n_kv_heads)?;
+        let (k, v) = cache.append(index, offset, &k, &v)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let y = scaled_dot_product_attention(&q, &k, &v, scale, mask)?;
+        let y = attention(&q, &k, &v, scale, AttentionMask::Causal { offset })?;
         let y = y
             .transpose(1, 2)?
             .reshape((b, l, self.n_heads * self.head_dim))?;
-        Ok((self.o_proj.forward(&y)?, (k, v)))
+        self.o_proj.forward(&y)
     }
 }
 
@@ -160,17 +260,21 @@ impl DecoderLayer {
         xs: &Tensor,
         rope: &RotaryEmbedding,
         offset: usize,
-        mask: Option<&Tensor>,
-        past: Option<&(Tensor, Tensor)>,
-    ) -> Result<(Tensor, (Tensor, Tensor))> {
-        let (a, kv) =
-            self.self_attn
-                .forward(&self.input_layernorm.forward(xs)?, rope, offset, mask, past)?;
+        cache: &mut KvCache,
+        index: usize,
+    ) -> Result<Tensor> {
+        let a = self.self_attn.forward(
+            &self.input_layernorm.forward(xs)?,
+            rope,
+            offset,
+            cache,
+            index,
+        )?;
         let h = (xs + a)?;
         let f = self
             .ffn
             .forward(&self.post_attention_layernorm.forward(&h)?)?;
-        Ok(((h + f)?, kv))
+        h + f
     }
 }
 
@@ -202,7 +306,7 @@ impl DecoderLm {
             .collect::<Result<Vec<_>>>()?;
         let norm = rms_norm(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed_tokens.clone(), None)
+            quantize_in_scope(Linear::new(embed_tokens.clone(), None))?
         } else {
             linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
         };
@@ -293,23 +397,16 @@ impl DecoderLm {
             )
         }
         let offset = cache.len;
-        // A single new query may attend to every cached key, so it needs no mask.
-        let mask = if l > 1 {
-            Some(causal_mask(l, offset, self.dtype, &self.device)?)
-        } else {
-            None
-        };
         let mut xs = embeds.to_dtype(self.dtype)?;
-        let mut updated = Vec::with_capacity(self.layers.len());
-        for (layer, past) in self.layers.iter().zip(&cache.layers) {
-            let (ys, kv) = layer.forward(&xs, &self.rope, offset, mask.as_ref(), past.as_ref())?;
-            xs = ys;
-            updated.push(Some(kv));
+        // New keys/values are written past `cache.len`, which only moves once every layer
+        // succeeded: a failed forward leaves the cache as it was.
+        for (index, layer) in self.layers.iter().enumerate() {
+            xs = layer.forward(&xs, &self.rope, offset, cache, index)?;
         }
+        // Only the last position's logits are ever needed (norm + lm_head on one row).
         let last = xs.narrow(1, l - 1, 1)?.contiguous()?;
         let logits = self.lm_head.forward(&self.norm.forward(&last)?)?;
         let logits = logits.flatten_all()?.to_dtype(DType::F32)?;
-        cache.layers = updated;
         cache.len = offset + l;
         Ok(logits)
     }
@@ -443,6 +540,7 @@ mod tests {
             let d2 = max_diff(&all, &chunk);
             assert!(d1 < 1e-5 && d2 < 1e-5, "moe={moe} bias={bias}: {d1} {d2}");
             assert_eq!(c_all.layer(0).unwrap().0.dims(), &[1, 2, ids.len(), 4]);
+            assert_eq!(c_all.capacity() % KV_CHUNK, 0);
         }
         Ok(())
     }

@@ -3,6 +3,8 @@
 use candle_core::{Result, Tensor};
 use serde::Deserialize;
 
+use crate::fastmath::Unary;
+
 /// The activation functions used by the VideoLLaMA family.
 ///
 /// Deserializes from the Hugging Face `hidden_act` names.
@@ -26,6 +28,18 @@ pub enum Activation {
 
 impl Activation {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        // Contiguous f32 CPU tensors take the vectorised, multi-threaded kernels.
+        let fast = match self {
+            Activation::GeluTanh => Some(Unary::GeluTanh),
+            Activation::QuickGelu => Some(Unary::QuickGelu),
+            Activation::Silu => Some(Unary::Silu),
+            _ => None,
+        };
+        if let Some(f) = fast {
+            if let Some(ys) = crate::fastmath::unary(xs, f)? {
+                return Ok(ys);
+            }
+        }
         match self {
             Activation::QuickGelu => quick_gelu(xs),
             Activation::Gelu => xs.gelu_erf(),

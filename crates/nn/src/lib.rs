@@ -6,8 +6,10 @@
 //! * [`activation`] — the activations the reference models use (`quick_gelu`,
 //!   exact-erf `gelu`, tanh-approximate `gelu_pytorch_tanh`, `silu`), selected by
 //!   the HF `hidden_act` string.
-//! * [`linear`] — dense linear layers loaded from a `VarBuilder` (weight
-//!   `[out, in]`, optional bias), the single place a quantized linear will plug in.
+//! * [`linear`] — linear layers loaded from a `VarBuilder` (weight `[out, in]`, optional
+//!   bias), dense or quantized (Q8_0 / Q4_K / …) behind one type.
+//! * [`quant`] — weight formats and the load scope that quantizes while a model loads
+//!   (or takes pre-quantized weights from a GGUF file).
 //! * [`norm`] — LayerNorm / RMSNorm loaders and `LayerNorm2d` (a LayerNorm over the
 //!   channel axis of an `NCHW` tensor, as timm's `LayerNorm2d`/`LayerNormAct2d`).
 //! * [`attention`] — scaled-dot-product attention with grouped KV heads and an
@@ -17,12 +19,16 @@
 
 pub mod activation;
 pub mod attention;
+pub mod cpu;
+pub mod fastmath;
 pub mod linear;
 pub mod norm;
+pub mod quant;
 
 pub use activation::Activation;
-pub use linear::{linear, linear_b, linear_no_bias, Linear};
+pub use linear::{linear, linear_b, linear_no_bias, quantize_in_scope, Linear};
 pub use norm::{layer_norm, rms_norm, LayerNorm, LayerNorm2d, RmsNorm};
+pub use quant::{with_load_scope, LoadScope, QuantizedWeights, WeightFormat};
 
 /// The candle result type, re-exported so model crates need not name candle-core.
 pub type Result<T> = candle_core::Result<T>;
