@@ -25,11 +25,13 @@
 pub mod config;
 pub mod decoder;
 pub mod generation;
+pub mod gguf;
 pub mod moe;
 pub mod rope;
 
 pub use config::DecoderConfig;
 pub use decoder::{DecoderLm, KvCache};
+pub use gguf::{load_gguf_decoder, GgufArch, GgufFile, GgufLlm};
 pub use generation::{
     apply_repetition_penalty, argmax, generate, GenerateOutput, GenerationConfig, LogitsProcessor,
     SamplingParams, StopReason, TokenIds,

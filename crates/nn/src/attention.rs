@@ -107,7 +107,28 @@ pub fn attention(
     scale: f64,
     mask: AttentionMask<'_>,
 ) -> Result<Tensor> {
+    let causal = match mask {
+        AttentionMask::None => Some(None),
+        AttentionMask::Causal { offset } => Some(Some(offset)),
+        AttentionMask::Additive(_) => None,
+    };
+    if let (Some(causal), true) = (causal, fused_enabled()) {
+        let (_, hq, lq, _) = q.dims4()?;
+        let (_, hkv, lk, _) = k.dims4()?;
+        let shapes_ok = hkv > 0 && hq % hkv == 0 && causal.is_none_or(|o| o + lq == lk);
+        if shapes_ok {
+            if let Some(out) = crate::attention_cpu::attention_f32(q, k, v, scale as f32, causal)? {
+                return Ok(out);
+            }
+        }
+    }
     attention_in_blocks(q, k, v, scale, mask, SCORE_BLOCK_BYTES)
+}
+
+/// `VIDEOLLAMA_ATTENTION=tensor` forces the tensor form (for A/B measurements).
+fn fused_enabled() -> bool {
+    static FUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FUSED.get_or_init(|| std::env::var("VIDEOLLAMA_ATTENTION").as_deref() != Ok("tensor"))
 }
 
 /// [`attention`] with an explicit score budget per query block (tests use tiny ones).
@@ -248,11 +269,13 @@ mod tests {
             (1, 6, 2, 9, 11, 4, true),
             (1, 4, 1, 1, 20, 8, true),
             (3, 4, 4, 50, 0, 8, false),
+            (2, 4, 2, 150, 0, 8, false),
+            (1, 4, 2, 150, 30, 8, true),
         ] {
             let lk = lq + off;
-            let q = Tensor::randn(0f32, 1.0, (b, hq, lq, d), &dev)?;
-            let k = Tensor::randn(0f32, 1.0, (b, hkv, lk, d), &dev)?;
-            let v = Tensor::randn(0f32, 1.0, (b, hkv, lk, d), &dev)?;
+            let q = crate::test_tensor((b, hq, lq, d), 8);
+            let k = crate::test_tensor((b, hkv, lk, d), 9);
+            let v = crate::test_tensor((b, hkv, lk, d), 10);
             let (mask, want) = if causal {
                 let m = causal_mask(lq, off, DType::F32, &dev)?;
                 let want = scaled_dot_product_attention(&q, &k, &v, 0.3, Some(&m))?;
@@ -261,7 +284,18 @@ mod tests {
                 let want = scaled_dot_product_attention(&q, &k, &v, 0.3, None)?;
                 (AttentionMask::None, want)
             };
-            // One block, and blocks of about 5 query rows.
+            // The fused f32 CPU kernel (what `attention` runs here).
+            let fused = attention(&q, &k, &v, 0.3, mask)?;
+            let diff = (fused - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "fused b{b} hq{hq} hkv{hkv} lq{lq} off{off}: {diff}");
+            // A strided key/value view, as the KV cache hands out.
+            let kpad = Tensor::cat(&[&k, &k], 2)?.narrow(2, 0, lk)?;
+            let vpad = Tensor::cat(&[&v, &v], 2)?.narrow(2, 0, lk)?;
+            assert!(!kpad.is_contiguous() || b == 1 && hkv == 1);
+            let fused = attention(&q, &kpad, &vpad, 0.3, mask)?;
+            let diff = (fused - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "strided b{b} hq{hq} hkv{hkv} lq{lq} off{off}: {diff}");
+            // The tensor form: one block, and blocks of about 5 query rows.
             for bytes in [SCORE_BLOCK_BYTES, 5 * b * hq * lk * 4] {
                 let got = attention_in_blocks(&q, &k, &v, 0.3, mask, bytes)?;
                 assert_eq!(got.dims(), want.dims());

@@ -19,6 +19,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod attention_cpu;
 pub mod cpu;
 pub mod fastmath;
 pub mod linear;
@@ -32,3 +33,19 @@ pub use quant::{with_load_scope, LoadScope, QuantizedWeights, WeightFormat};
 
 /// The candle result type, re-exported so model crates need not name candle-core.
 pub type Result<T> = candle_core::Result<T>;
+
+/// Deterministic pseudo-random test data in [-√3, √3) (unit variance), so tests never flake.
+#[cfg(test)]
+pub(crate) fn test_tensor<S: Into<candle_core::Shape>>(shape: S, seed: u64) -> candle_core::Tensor {
+    let shape = shape.into();
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1);
+    let data: Vec<f32> = (0..shape.elem_count())
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * 1.732_050_8
+        })
+        .collect();
+    candle_core::Tensor::from_vec(data, shape, &candle_core::Device::Cpu).unwrap()
+}

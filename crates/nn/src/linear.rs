@@ -42,14 +42,20 @@ impl Linear {
     }
 
     /// A layer over an already-quantized `[out, in]` weight.
+    ///
+    /// Block-quantized rows whose length is not a multiple of
+    /// [`crate::quant::ROW_MULTIPLE`] (Qwen2-0.5B's 896, say) get all-zero blocks appended,
+    /// which decode to exact zeros in every GGML format, so the fast repacked kernels apply
+    /// (see [`WeightFormat::plan_for_row_length`]); the product is unchanged.
     pub fn from_qtensor(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
         let (out_dim, in_dim) = weight.shape().dims2()?;
+        let (weight, padded_in) = pad_rows_with_zero_blocks(weight)?;
         Ok(Self {
             weight: Weight::Quantized(QMatMul::from_arc(weight)?),
             bias,
             in_dim,
             out_dim,
-            padded_in: in_dim,
+            padded_in,
         })
     }
 
@@ -146,7 +152,7 @@ impl Linear {
                 if self.padded_in > last {
                     x = x.pad_with_zeros(1, 0, self.padded_in - last)?;
                 }
-                let ys = q.forward(&x)?;
+                let ys = quantized_matmul_in_row_blocks(q, &x)?;
                 ys.to_dtype(in_dtype)?
             }
         };
@@ -156,6 +162,75 @@ impl Linear {
         };
         ys.reshape(out_dims)
     }
+}
+
+/// Append all-zero blocks to every row of a block-quantized `[out, in]` weight so that rows
+/// are a multiple of [`crate::quant::ROW_MULTIPLE`] long. Float weights are returned as is.
+fn pad_rows_with_zero_blocks(q: Arc<QTensor>) -> Result<(Arc<QTensor>, usize)> {
+    use candle_core::quantized::{GgmlDType, QStorage};
+    let (out_dim, in_dim) = q.shape().dims2()?;
+    let dtype = q.dtype();
+    let multiple = crate::quant::ROW_MULTIPLE;
+    if matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+        || in_dim % multiple == 0
+        || multiple % dtype.block_size() != 0
+    {
+        return Ok((q, in_dim));
+    }
+    let padded = in_dim.div_ceil(multiple) * multiple;
+    let row_bytes = in_dim / dtype.block_size() * dtype.type_size();
+    let padded_row_bytes = padded / dtype.block_size() * dtype.type_size();
+    let data = q.data()?;
+    if data.len() != out_dim * row_bytes {
+        candle_core::bail!(
+            "quantized weight [{out_dim}, {in_dim}] {dtype:?} has {} bytes, expected {}",
+            data.len(),
+            out_dim * row_bytes
+        );
+    }
+    let mut bytes = vec![0u8; out_dim * padded_row_bytes];
+    for (src, dst) in data
+        .chunks_exact(row_bytes)
+        .zip(bytes.chunks_exact_mut(padded_row_bytes))
+    {
+        dst[..row_bytes].copy_from_slice(src);
+    }
+    let storage = QStorage::from_data(std::borrow::Cow::Owned(bytes), &q.device(), dtype)?;
+    Ok((Arc::new(QTensor::new(storage, (out_dim, padded))?), padded))
+}
+
+/// Rows of activations per quantized matmul call.
+///
+/// candle's repacked x86 kernel walks the output columns in tiles of 16 and, for each tile,
+/// streams *all* activation rows. With thousands of rows (a vision tower over several
+/// frames, a long prefill) the quantized activations no longer fit in L2 and are re-read
+/// from memory for every tile; calling it on blocks of rows keeps each block cache-resident
+/// and streams the (smaller) weights once per block instead.
+fn row_block() -> usize {
+    static BLOCK: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BLOCK.get_or_init(|| {
+        std::env::var("VIDEOLLAMA_QMATMUL_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|v: &usize| *v > 0)
+            .unwrap_or(usize::MAX)
+    })
+}
+
+fn quantized_matmul_in_row_blocks(q: &QMatMul, x: &Tensor) -> Result<Tensor> {
+    let rows = x.dim(0)?;
+    let block = row_block();
+    if rows <= block {
+        return q.forward(x);
+    }
+    let mut outs = Vec::with_capacity(rows.div_ceil(block));
+    let mut start = 0;
+    while start < rows {
+        let n = block.min(rows - start);
+        outs.push(q.forward(&x.narrow(0, start, n)?)?);
+        start += n;
+    }
+    Tensor::cat(&outs, 0)
 }
 
 impl Module for Linear {
@@ -232,9 +307,9 @@ mod tests {
     #[test]
     fn quantized_forward_tracks_dense() -> Result<()> {
         let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 1.0, (64, 512), &dev)?;
-        let b = Tensor::randn(0f32, 1.0, 64, &dev)?;
-        let x = Tensor::randn(0f32, 1.0, (2, 5, 512), &dev)?;
+        let w = crate::test_tensor((64, 512), 1);
+        let b = crate::test_tensor(64, 2);
+        let x = crate::test_tensor((2, 5, 512), 3);
         let mut ts = HashMap::new();
         ts.insert("l.weight".to_string(), w.clone());
         ts.insert("l.bias".to_string(), b.clone());
@@ -260,9 +335,22 @@ mod tests {
             assert!(e < tol, "{format}: relative error {e}");
             assert!(e > 0.0, "{format}: must differ from dense at all");
         }
+        // A stored quantized weight with short rows is padded with zero blocks. The kernels
+        // differ (the padded one quantizes activations per 256 instead of per 32), so both
+        // are checked against the dense product.
+        let w = crate::test_tensor((16, 96), 4);
+        let x = crate::test_tensor((3, 96), 5);
+        let q = Arc::new(quantize_weight(&w, WeightFormat::Q8_0)?);
+        let unpadded = QMatMul::from_arc(q.clone())?.forward(&x)?;
+        let padded = Linear::from_qtensor(q, None)?;
+        assert_eq!(padded.padded_in, 256);
+        let dense = x.matmul(&w.t()?)?;
+        assert!(rel_err(&unpadded, &dense) < 0.01);
+        let e = rel_err(&padded.forward(&x)?, &dense);
+        assert!(e < 0.01, "zero-block padding: relative error {e}");
         // A row length that fits no block is padded with zeros: same product.
-        let w = Tensor::randn(0f32, 1.0, (8, 40), &dev)?;
-        let x = Tensor::randn(0f32, 1.0, (3, 40), &dev)?;
+        let w = crate::test_tensor((8, 40), 6);
+        let x = crate::test_tensor((3, 40), 7);
         let odd = Linear::new(w.clone(), None).quantized(WeightFormat::Q8_0)?;
         assert!(odd.is_quantized());
         assert_eq!(odd.in_dim(), 40);

@@ -26,6 +26,10 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
+/// Quantized rows are padded to a multiple of this many columns (see
+/// [`WeightFormat::plan_for_row_length`]).
+pub const ROW_MULTIPLE: usize = 256;
+
 /// A storage format for the weights of linear layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WeightFormat {
@@ -56,20 +60,14 @@ impl WeightFormat {
 
     /// The format and padded row length used for a weight whose rows are `in_dim` long.
     ///
-    /// Rows are padded with zero columns up to a whole number of blocks (the activations
-    /// get matching zeros, so the product is unchanged) when that costs at most 3 % more
-    /// work; otherwise the layer falls back to Q8_0, whose 32-element blocks always fit
-    /// with little padding. SigLIP's 1152 and Qwen2-0.5B's 896 are not multiples of 256,
-    /// so their k-quant layers use Q8_0, as llama.cpp's converter does for such rows;
-    /// SigLIP's 4304 pads to 4320 for Q8_0.
+    /// Rows are padded with zero columns to a multiple of 256 (the activations get matching
+    /// zeros, so the product is unchanged). 256 is the k-quant super-block, and also what
+    /// candle's repacked x86 kernels (AVX-512-VNNI / AVX-VNNI tiles) require of every
+    /// format: without it a Q8_0 layer of SigLIP (rows of 1152) or Qwen2-0.5B (896) drops
+    /// to the generic kernel, measured 4× slower than the f32 GEMM. The padding costs at
+    /// most 256 extra columns (1152 → 1280, 4304 → 4352).
     pub fn plan_for_row_length(self, in_dim: usize) -> (WeightFormat, usize) {
-        let padded = |f: WeightFormat| in_dim.div_ceil(f.block_size()) * f.block_size();
-        let p = padded(self);
-        if (p - in_dim) * 100 <= 3 * in_dim {
-            (self, p)
-        } else {
-            (WeightFormat::Q8_0, padded(WeightFormat::Q8_0))
-        }
+        (self, in_dim.div_ceil(ROW_MULTIPLE) * ROW_MULTIPLE)
     }
 
     pub const NAMES: &'static str = "q8_0, q4k, q5k, q6k";
@@ -181,15 +179,11 @@ mod tests {
         );
         assert_eq!(
             WeightFormat::Q4K.plan_for_row_length(1152),
-            (WeightFormat::Q8_0, 1152)
-        );
-        assert_eq!(
-            WeightFormat::Q4K.plan_for_row_length(4304),
-            (WeightFormat::Q4K, 4352)
+            (WeightFormat::Q4K, 1280)
         );
         assert_eq!(
             WeightFormat::Q8_0.plan_for_row_length(4304),
-            (WeightFormat::Q8_0, 4320)
+            (WeightFormat::Q8_0, 4352)
         );
     }
 

@@ -4,7 +4,7 @@
 use crate::error::{PipelineError, Result};
 use candle_core::Tensor;
 use std::time::Instant;
-use videollama_llm::{DecoderLm, LogitsProcessor, SamplingParams};
+use videollama_llm::{DecoderLm, KvCache, LogitsProcessor, SamplingParams};
 
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
@@ -32,6 +32,8 @@ pub struct Generation {
     pub decode_seconds: f64,
     /// `[steps, V]` raw logits (before penalties), when recorded.
     pub logits_steps: Option<Tensor>,
+    /// Prompt positions that were already in the KV cache (not prefilled again).
+    pub reused_prompt_tokens: usize,
 }
 
 /// Run generation from `inputs_embeds` `[S, H]`.
@@ -42,9 +44,23 @@ pub fn generate(
     llm: &DecoderLm,
     inputs_embeds: &Tensor,
     opts: &GenerateOptions,
+    on_token: impl FnMut(u32) -> bool,
+) -> Result<Generation> {
+    let mut cache = llm.new_cache();
+    generate_in_cache(llm, &mut cache, inputs_embeds, opts, on_token)
+}
+
+/// [`generate`] continuing `cache`: `inputs_embeds` `[S, H]` are the positions after the
+/// `cache.len()` it already holds (a chat session's reused prefix). Afterwards the cache
+/// holds the prompt and every generated id but the last (which was chosen, never fed).
+pub fn generate_in_cache(
+    llm: &DecoderLm,
+    cache: &mut KvCache,
+    inputs_embeds: &Tensor,
+    opts: &GenerateOptions,
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Generation> {
-    let prompt_len = inputs_embeds.dim(0)?;
+    let prompt_len = cache.len() + inputs_embeds.dim(0)?;
     let context = llm.config().max_position_embeddings;
     if prompt_len >= context {
         return Err(PipelineError::PromptTooLong {
@@ -54,12 +70,13 @@ pub fn generate(
             context,
         });
     }
-    let mut cache = llm.new_cache();
+    // One allocation for the whole request: prompt + every new token (within the context).
+    cache.reserve((prompt_len + opts.max_new_tokens).min(context));
     let mut processor = LogitsProcessor::new(opts.sampling.clone());
     let mut token_ids: Vec<u32> = Vec::new();
     let mut recorded = Vec::new();
     let start = Instant::now();
-    let mut logits = llm.forward_embeds(&inputs_embeds.unsqueeze(0)?, &mut cache)?;
+    let mut logits = llm.forward_embeds(&inputs_embeds.unsqueeze(0)?, cache)?;
     let prefill_seconds = start.elapsed().as_secs_f64();
     let decode_start = Instant::now();
     let mut stop_reason = StopReason::MaxNewTokens;
@@ -84,7 +101,7 @@ pub fn generate(
             stop_reason = StopReason::ContextFull;
             break;
         }
-        logits = llm.forward_tokens(&[next], &mut cache)?;
+        logits = llm.forward_tokens(&[next], cache)?;
     }
     let logits_steps = if opts.record_logits && !recorded.is_empty() {
         Some(Tensor::stack(&recorded, 0)?)
@@ -97,5 +114,6 @@ pub fn generate(
         prefill_seconds,
         decode_seconds: decode_start.elapsed().as_secs_f64(),
         logits_steps,
+        reused_prompt_tokens: 0,
     })
 }

@@ -8,23 +8,33 @@
 //! Pipeline::answer           turns ─► messages ─► template ─► chunk-wise ids ─► splice
 //!                            ─► generate (prefill + KV-cache decode) ─► Answer
 //! ```
-//! Media are encoded once and can be reused across turns (`videollama chat`).
+//! Media are encoded once and reused: `Pipeline::encode_request` goes through the
+//! byte-bounded LRU [`EncoderCache`] (key: file bytes + sampling + model, `cache.rs`), and
+//! `Pipeline::answer_in_session` reuses a [`ChatSession`]'s KV cache of the earlier turns
+//! (`session.rs`).
 
+pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod inspect;
 pub mod media;
 pub mod model;
 pub mod prompt;
+pub mod quantize;
+pub mod session;
+pub mod synthetic;
 pub mod text;
 pub mod tower;
 
+pub use cache::{CacheStats, CacheStatus, EncoderCache};
 pub use error::{PipelineError, Result};
 pub use generate::{GenerateOptions, StopReason};
-pub use model::VideoLlama2;
+pub use model::{VideoLlama2, WeightOptions};
 pub use prompt::Modality;
+pub use session::ChatSession;
 
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
@@ -99,6 +109,10 @@ pub struct EncodedMedia {
     pub audio: Option<model::EncodedAudio>,
     pub vision_seconds: f64,
     pub audio_seconds: f64,
+    /// The stage tensors before the connectors (`pixel_values`, `vision_features`,
+    /// `audio_fbank`, `audio_features`) are real. False for an encoder-cache entry, which
+    /// keeps only the connector outputs (see `cache.rs`); they are empty tensors there.
+    pub intermediates: bool,
 }
 
 impl EncodedMedia {
@@ -109,6 +123,7 @@ impl EncodedMedia {
             audio: None,
             vision_seconds: 0.0,
             audio_seconds: 0.0,
+            intermediates: true,
         }
     }
     pub fn visual_tokens(&self) -> usize {
@@ -195,13 +210,21 @@ pub struct Answer {
     pub audio_tokens: usize,
     pub stop_reason: StopReason,
     pub timings: Timings,
+    /// Prompt positions taken from a chat session's KV cache instead of being prefilled
+    /// (0 outside sessions); `prompt_tokens - reused_prompt_tokens` were prefilled.
+    pub reused_prompt_tokens: usize,
     #[serde(skip)]
     pub tensors: HashMap<String, Tensor>,
 }
 
+/// How to load a checkpoint. The default is the exact mode: f32, every weight dense.
+#[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub dtype: DType,
     pub device: Device,
+    pub weights: WeightOptions,
+    /// Take the language model from this GGUF file instead of the checkpoint (`--llm`).
+    pub llm_gguf: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -209,6 +232,8 @@ impl Default for LoadOptions {
         Self {
             dtype: DType::F32,
             device: Device::Cpu,
+            weights: WeightOptions::default(),
+            llm_gguf: None,
         }
     }
 }
@@ -221,11 +246,21 @@ pub struct Pipeline {
     pub template: prompt::ChatTemplate,
     pub generation_config: GenerationConfig,
     pub load_seconds: f64,
+    /// Encoded media reused across turns and requests (`Pipeline::encode_request`).
+    pub encoder_cache: EncoderCache,
+    /// Checkpoint folder, dtype, device and weight formats: part of every cache key.
+    pub model_identity: String,
+    /// How the weights are held (`"dense"`, `"llm q8_0, vision q8_0"`, …), for reports.
+    pub weights: String,
 }
 
 impl Pipeline {
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         let start = Instant::now();
+        // `--model FILE.gguf`: a text-only pipeline over a GGUF language model.
+        if gguf::is_gguf_path(dir) {
+            return Self::load_gguf(dir, opts);
+        }
         if !dir.is_dir() {
             return Err(PipelineError::MissingModelDir(dir.to_path_buf()));
         }
@@ -254,7 +289,7 @@ impl Pipeline {
         } else {
             GenerationConfig::default()
         };
-        let model = VideoLlama2::load(dir, opts.dtype, &opts.device)?;
+        let model = VideoLlama2::load(dir, opts)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             model,
@@ -262,6 +297,9 @@ impl Pipeline {
             template,
             generation_config,
             load_seconds: start.elapsed().as_secs_f64(),
+            encoder_cache: EncoderCache::default(),
+            model_identity: cache::model_identity(dir, opts),
+            weights: opts.weights.describe(),
         })
     }
 
@@ -302,6 +340,7 @@ impl Pipeline {
             audio,
             vision_seconds,
             audio_seconds: start.elapsed().as_secs_f64(),
+            intermediates: true,
         })
     }
 
@@ -328,7 +367,11 @@ impl Pipeline {
         } else {
             None
         };
-        let messages = prompt::build_messages(turns, modality, system);
+        let messages = if gguf::is_gguf_model(&self.model.config) {
+            gguf::plain_messages(turns)
+        } else {
+            prompt::build_messages(turns, modality, system)
+        };
         let text = self.template.render(&messages, true)?;
         let ids = prompt::tokenize_multimodal(&self.tokenizer, &text, modality)?;
         Ok((text, ids))
@@ -342,7 +385,20 @@ impl Pipeline {
         turns: &[String],
         media: &EncodedMedia,
         opts: &AnswerOptions,
+        on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Answer> {
+        self.answer_inner(turns, media, opts, on_text, None)
+    }
+
+    /// `answer`, and with `session` the chat-session variant (`session.rs`): the whole
+    /// prompt is spliced as always, but only what the session's KV cache lacks is prefilled.
+    pub(crate) fn answer_inner(
+        &self,
+        turns: &[String],
+        media: &EncodedMedia,
+        opts: &AnswerOptions,
         mut on_text: impl FnMut(&str) -> bool,
+        session: Option<&mut session::SessionState>,
     ) -> Result<Answer> {
         if turns.is_empty() || turns.len() % 2 == 0 {
             return Err(PipelineError::Invalid(
@@ -384,24 +440,30 @@ impl Pipeline {
         let mut stream = text::StreamDecoder::new(&self.tokenizer);
         let mut stream_error = None;
         let mut cancelled_by_sink = false;
-        let generation =
-            generate::generate(
+        let on_token = |id| match stream.push(id) {
+            Ok(Some(piece)) => {
+                let keep_going = on_text(&piece);
+                cancelled_by_sink |= !keep_going;
+                keep_going
+            }
+            Ok(None) => true,
+            Err(e) => {
+                stream_error = Some(e.to_string());
+                true
+            }
+        };
+        let generation = match session {
+            None => generate::generate(&self.model.llm, &inputs_embeds, &gen_opts, on_token)?,
+            Some(session) => session.generate(
                 &self.model.llm,
+                &self.model_identity,
+                &input_ids,
+                media_tokens,
                 &inputs_embeds,
                 &gen_opts,
-                |id| match stream.push(id) {
-                    Ok(Some(piece)) => {
-                        let keep_going = on_text(&piece);
-                        cancelled_by_sink |= !keep_going;
-                        keep_going
-                    }
-                    Ok(None) => true,
-                    Err(e) => {
-                        stream_error = Some(e.to_string());
-                        true
-                    }
-                },
-            )?;
+                on_token,
+            )?,
+        };
         if let Some(e) = stream_error {
             tracing::warn!("streaming decode: {e}");
         }
@@ -480,6 +542,17 @@ impl Pipeline {
                 );
                 tensors.insert("logits_steps".to_string(), steps.to_dtype(DType::F32)?);
             }
+            if !media.intermediates {
+                // An encoder-cache entry: these were not kept.
+                for name in [
+                    "pixel_values",
+                    "vision_features",
+                    "audio_fbank",
+                    "audio_features",
+                ] {
+                    tensors.remove(name);
+                }
+            }
         }
         Ok(Answer {
             answer,
@@ -495,6 +568,7 @@ impl Pipeline {
             audio_tokens: media.audio_tokens(),
             stop_reason: generation.stop_reason,
             timings,
+            reused_prompt_tokens: generation.reused_prompt_tokens,
             tensors,
         })
     }

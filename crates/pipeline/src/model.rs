@@ -17,6 +17,63 @@ use std::path::Path;
 use videollama_connectors::{Connector, ConnectorConfig, MlpProjector, ProjectorType};
 use videollama_encoders::{Beats, BeatsConfig, VisionTower};
 use videollama_llm::DecoderLm;
+use videollama_nn::{with_load_scope, LoadScope, QuantizedWeights, WeightFormat};
+
+/// How the weights of each part are stored in memory. `None` everywhere (the default) is
+/// the exact mode: every weight dense in the compute dtype, golden tests exact.
+#[derive(Clone, Default)]
+pub struct WeightOptions {
+    /// Quantize the language model's linear layers (attention, MLP, `lm_head`) at load.
+    pub quantize_llm: Option<WeightFormat>,
+    /// Quantize the vision tower's linear layers at load.
+    pub quantize_vision: Option<WeightFormat>,
+    /// Already-quantized weights (a `videollama quantize` output or a GGUF LLM), looked up
+    /// by tensor name before anything is read from the safetensors.
+    pub prequantized: Option<std::sync::Arc<dyn QuantizedWeights>>,
+}
+
+impl std::fmt::Debug for WeightOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightOptions")
+            .field("quantize_llm", &self.quantize_llm)
+            .field("quantize_vision", &self.quantize_vision)
+            .field("prequantized", &self.prequantized.is_some())
+            .finish()
+    }
+}
+
+impl WeightOptions {
+    fn scope(&self, format: Option<WeightFormat>) -> LoadScope {
+        LoadScope {
+            quantize: format,
+            source: self.prequantized.clone(),
+        }
+    }
+    pub(crate) fn llm_scope(&self) -> LoadScope {
+        self.scope(self.quantize_llm)
+    }
+    pub(crate) fn vision_scope(&self) -> LoadScope {
+        self.scope(self.quantize_vision)
+    }
+    /// A short description for logs and `--json` (`"f32"`, `"llm q8_0, vision q8_0"`).
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(f) = self.quantize_llm {
+            parts.push(format!("llm {f}"));
+        }
+        if let Some(f) = self.quantize_vision {
+            parts.push(format!("vision {f}"));
+        }
+        if self.prequantized.is_some() {
+            parts.push("pre-quantized weights".to_string());
+        }
+        if parts.is_empty() {
+            "dense".to_string()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
 
 /// Where the vision tower's weights live inside a VideoLLaMA2 checkpoint.
 pub const VISION_TOWER_PREFIX: &str = "model.vision_tower.vision_tower.vision_model";
@@ -67,28 +124,96 @@ pub struct EncodedVisual {
     pub vision_features: Tensor,
     /// `[L, C]`
     pub connector_out: Tensor,
+    /// Wall-clock seconds in the vision tower and in the connector.
+    pub tower_seconds: f64,
+    pub connector_seconds: f64,
 }
 
 impl VideoLlama2 {
-    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn load(dir: &Path, opts: &crate::LoadOptions) -> Result<Self> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
-        let ckpt = Checkpoint::open(dir, dtype, device)?;
-        Self::from_checkpoint(config, &ckpt, dir)
+        let ckpt = Checkpoint::open(dir, opts.dtype, &opts.device)?;
+        // A `videollama quantize` folder brings its quantized weights with it.
+        let mut weights = opts.weights.clone();
+        if weights.prequantized.is_none() {
+            weights.prequantized = ckpt.prequantized();
+        }
+        // `--llm FILE.gguf`: the language model comes from the GGUF file instead.
+        let llm = match &opts.llm_gguf {
+            Some(path) => Some(crate::gguf::load_llm_for_checkpoint(path, &config, dir, opts)?),
+            None => None,
+        };
+        Self::from_checkpoint_with_llm(config, &ckpt, dir, &weights, llm)
     }
 
-    pub fn from_checkpoint(config: ModelConfig, ckpt: &Checkpoint, dir: &Path) -> Result<Self> {
-        let vb = ckpt.var_builder();
-        let llm = DecoderLm::new(&config.llm, vb.clone())?;
+    /// Assemble the model from an opened checkpoint. `weights` says which parts are
+    /// quantized while they load (each linear layer is read dense and quantized at once,
+    /// so the dense copy of the whole model never exists).
+    pub fn from_checkpoint(
+        config: ModelConfig,
+        ckpt: &Checkpoint,
+        dir: &Path,
+        weights: &WeightOptions,
+    ) -> Result<Self> {
+        Self::from_checkpoint_with_llm(config, ckpt, dir, weights, None)
+    }
+
+    /// [`Self::from_checkpoint`] with a language model built elsewhere (`--llm FILE.gguf`);
+    /// `None` loads the checkpoint's own.
+    pub fn from_checkpoint_with_llm(
+        config: ModelConfig,
+        ckpt: &Checkpoint,
+        dir: &Path,
+        weights: &WeightOptions,
+        llm: Option<DecoderLm>,
+    ) -> Result<Self> {
+        let mut model =
+            Self::from_var_builder_with_llm(config, ckpt.var_builder(), dir, weights, llm)?;
+        model.unused_tensors = ckpt.finish()?;
+        for name in &model.unused_tensors {
+            tracing::debug!(tensor = %name, "checkpoint tensor not used by the model");
+        }
+        Ok(model)
+    }
+
+    /// Assemble the model from any `VarBuilder` (a checkpoint, or random weights for
+    /// `videollama bench --synthetic`). `dir` anchors relative tower paths.
+    pub fn from_var_builder(
+        config: ModelConfig,
+        vb: candle_nn::VarBuilder<'static>,
+        dir: &Path,
+        weights: &WeightOptions,
+    ) -> Result<Self> {
+        Self::from_var_builder_with_llm(config, vb, dir, weights, None)
+    }
+
+    /// [`Self::from_var_builder`] with a language model built elsewhere (`--llm FILE.gguf`,
+    /// see `crate::gguf`); `None` loads the checkpoint's own.
+    pub fn from_var_builder_with_llm(
+        config: ModelConfig,
+        vb: candle_nn::VarBuilder<'static>,
+        dir: &Path,
+        weights: &WeightOptions,
+        llm: Option<DecoderLm>,
+    ) -> Result<Self> {
+        let llm = match llm {
+            Some(llm) => llm,
+            None => with_load_scope(weights.llm_scope(), || {
+                DecoderLm::new(&config.llm, vb.clone())
+            })?,
+        };
         let visual = match &config.mm.mm_vision_tower {
             None => None,
             Some(name) => {
                 let tower_info = resolve_vision_tower(name, dir)?;
-                let tower = VisionTower::new(
-                    &tower_info.config,
-                    config.mm.mm_vision_select_layer,
-                    &config.mm.mm_vision_select_feature,
-                    vb.pp(VISION_TOWER_PREFIX),
-                )?;
+                let tower = with_load_scope(weights.vision_scope(), || {
+                    VisionTower::new(
+                        &tower_info.config,
+                        config.mm.mm_vision_select_layer,
+                        &config.mm.mm_vision_select_feature,
+                        vb.pp(VISION_TOWER_PREFIX),
+                    )
+                })?;
                 let projector = config.mm.mm_projector_type.as_deref().ok_or_else(|| {
                     PipelineError::Invalid(
                         "config.json has mm_vision_tower but no mm_projector_type".into(),
@@ -119,10 +244,6 @@ impl VideoLlama2 {
         } else {
             None
         };
-        let unused_tensors = ckpt.finish()?;
-        for name in &unused_tensors {
-            tracing::debug!(tensor = %name, "checkpoint tensor not used by the model");
-        }
         Ok(Self {
             config,
             llm,
@@ -130,7 +251,7 @@ impl VideoLlama2 {
             audio,
             device: vb.device().clone(),
             dtype: vb.dtype(),
-            unused_tensors,
+            unused_tensors: Vec::new(),
         })
     }
 
@@ -235,12 +356,17 @@ impl VideoLlama2 {
             pixel_values.clone()
         };
         let frames = frames.to_device(&self.device)?.to_dtype(self.dtype)?;
+        let start = std::time::Instant::now();
         let vision_features = visual.tower.forward(&frames)?;
+        let tower_seconds = start.elapsed().as_secs_f64();
+        let start = std::time::Instant::now();
         let connector_out = visual.connector.forward(&vision_features)?;
         Ok(EncodedVisual {
             pixel_values: pixel_values.clone(),
             vision_features,
             connector_out,
+            tower_seconds,
+            connector_seconds: start.elapsed().as_secs_f64(),
         })
     }
 

@@ -5,7 +5,8 @@
 //! client ─HTTP─► axum (tokio) ─ parse + validate (4xx) ─ media → temp files
 //!                   │ try_send (bounded: --max-queue, else 429 + Retry-After)
 //!                   ▼
-//!             model worker (one std::thread): prepare_media ─► encode_media ─► answer
+//!             model worker (one std::thread): encoder cache (hash) ─miss─► prepare_media
+//!                   │                ─► encode_media ─► answer
 //!                   │ text pieces / outcome (tokio channel)     ▲ cancel flag
 //!                   ▼                                           │ (client gone)
 //!             JSON response or SSE `chat.completion.chunk`s ────┘
@@ -391,7 +392,8 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        state.metrics.render(),
+        state.metrics.render()
+            + &crate::metrics::render_encoder_cache(&state.pipeline.encoder_cache.stats()),
     )
         .into_response()
 }

@@ -229,6 +229,44 @@ impl Metrics {
     }
 }
 
+/// The encoder cache's counters (kept by the pipeline, shared by every request).
+pub fn render_encoder_cache(stats: &videollama_pipeline::CacheStats) -> String {
+    let mut out = String::new();
+    let rows: [(&str, &str, &str, u64); 4] = [
+        (
+            "videollama_encoder_cache_hits_total",
+            "counter",
+            "Requests whose media tokens came from the encoder cache.",
+            stats.hits,
+        ),
+        (
+            "videollama_encoder_cache_misses_total",
+            "counter",
+            "Requests whose media were decoded and encoded (not in the encoder cache).",
+            stats.misses,
+        ),
+        (
+            "videollama_encoder_cache_evictions_total",
+            "counter",
+            "Encoder cache entries evicted to stay within --encoder-cache-mb.",
+            stats.evictions,
+        ),
+        (
+            "videollama_encoder_cache_bytes",
+            "gauge",
+            "Bytes of media tokens held by the encoder cache.",
+            stats.bytes as u64,
+        ),
+    ];
+    for (name, kind, help, v) in rows {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    }
+    out
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -252,5 +290,28 @@ mod tests {
         assert!(text.contains("videollama_stage_duration_seconds_count{stage=\"decode\"} 1"));
         assert!(text.contains("videollama_decode_tokens_per_second_bucket{le=\"50\"} 1"));
         assert!(text.contains("videollama_queue_capacity 4"));
+    }
+
+    #[test]
+    fn renders_encoder_cache_counters() {
+        let stats = videollama_pipeline::CacheStats {
+            hits: 3,
+            misses: 2,
+            evictions: 1,
+            bytes: 4096,
+            entries: 1,
+            budget_bytes: 1 << 30,
+        };
+        let text = render_encoder_cache(&stats);
+        for line in [
+            "videollama_encoder_cache_hits_total 3",
+            "videollama_encoder_cache_misses_total 2",
+            "videollama_encoder_cache_evictions_total 1",
+            "videollama_encoder_cache_bytes 4096",
+            "# TYPE videollama_encoder_cache_bytes gauge",
+            "# TYPE videollama_encoder_cache_hits_total counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 use videollama_pipeline::media::MediaRequest;
-use videollama_pipeline::{AnswerOptions, Pipeline, StopReason};
+use videollama_pipeline::{AnswerOptions, CacheStatus, Pipeline, StopReason};
 
 /// What the worker tells the request's handler.
 #[derive(Debug)]
@@ -231,14 +231,13 @@ fn run_job(
     };
     let perr = |e: videollama_pipeline::PipelineError| ApiError::from_pipeline(&e, &job.labels);
 
-    let (input, report) = pipeline.prepare_media(&job.media).map_err(perr)?;
+    // Through the encoder cache: inline media were written to temporary files, which are
+    // hashed by content like any other file, so a repeated data: URL hits too.
+    let (encoded, report, cache_status) = pipeline.encode_request(&job.media).map_err(perr)?;
     metrics.record_stage("preprocess", report.preprocess_s);
-    if job.cancelled(cancel_all) {
-        return Err(cancelled_err());
+    if cache_status != CacheStatus::Hit {
+        metrics.record_stage("encode", encoded.vision_seconds + encoded.audio_seconds);
     }
-    let encoded = pipeline.encode_media(&input).map_err(perr)?;
-    drop(input);
-    metrics.record_stage("encode", encoded.vision_seconds + encoded.audio_seconds);
     if job.cancelled(cancel_all) {
         return Err(cancelled_err());
     }
@@ -290,6 +289,7 @@ fn run_job(
         "queue_s": waited,
         "preprocess_s": report.preprocess_s,
         "encode_s": t.vision_s + t.audio_s,
+        "encoder_cache": cache_status.as_str(),
         "prompt_s": t.prompt_s,
         "prefill_s": t.prefill_s,
         "decode_s": t.decode_s,

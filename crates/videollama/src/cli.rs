@@ -6,10 +6,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use videollama_pipeline::media::{MediaReport, MediaRequest};
 use videollama_pipeline::Modality;
+use videollama_nn::WeightFormat;
 use videollama_pipeline::{
-    prompt, AnswerOptions, EncodedMedia, LoadOptions, MediaInput, Pipeline, Visual,
+    prompt, AnswerOptions, CacheStatus, ChatSession, EncodedMedia, LoadOptions, MediaInput,
+    Pipeline, Visual, WeightOptions,
 };
 
 #[derive(Parser)]
@@ -89,6 +92,12 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         repeat: usize,
     },
+    /// Time a whole request stage by stage (preprocess, vision tower, connector, prefill,
+    /// decode tokens/s) and the peak memory; `--json` for scripts (scripts/perf/compare.sh).
+    Bench(BenchArgs),
+    /// Write a checkpoint's weights once, quantized, as OUT/model.gguf (+ its json files);
+    /// `--model OUT` then loads without quantizing.
+    Quantize(crate::quantize::QuantizeArgs),
     /// Describe a checkpoint: architecture, parameter counts, tokens per input.
     Inspect {
         /// Checkpoint folder (reads its config.json).
@@ -104,7 +113,7 @@ enum Command {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum DtypeArg {
+pub(crate) enum DtypeArg {
     F32,
     F16,
     Bf16,
@@ -112,12 +121,146 @@ enum DtypeArg {
 
 #[derive(Args)]
 struct ModelArgs {
-    /// Hugging Face checkpoint folder (config.json, safetensors, tokenizer.json).
+    /// Hugging Face checkpoint folder (config.json, safetensors, tokenizer.json), a folder
+    /// written by `videollama quantize`, or a GGUF language model file (text only).
     #[arg(long)]
     model: PathBuf,
-    /// Compute dtype. f32 is the default on CPU (bf16/f16 matmuls are slow there).
-    #[arg(long, value_enum, default_value = "f32")]
-    dtype: DtypeArg,
+    /// Compute dtype. Giving it selects the exact mode: every weight dense in this dtype,
+    /// no quantization unless `--quantize` is also given (f32 = the golden-exact answers).
+    #[arg(long, value_enum)]
+    dtype: Option<DtypeArg>,
+    /// Store the language model's linear layers quantized: q8_0, q4k, q5k, q6k or none.
+    /// Default: the fast mode's choice (see `docs/performance.md`), none with `--dtype`.
+    #[arg(long)]
+    quantize: Option<String>,
+    /// Store the vision tower's linear layers quantized (same formats; default as above).
+    #[arg(long)]
+    quantize_vision: Option<String>,
+    /// Take the language model from this GGUF file (llama / qwen2 / mistral) instead of
+    /// the checkpoint's own weights; its shapes must match the checkpoint's config.
+    #[arg(long)]
+    llm: Option<PathBuf>,
+    /// Worker threads for the numerics (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Memory for encoded media kept for reuse (by file content, sampling and model)
+    /// across chat turns and server requests, in MiB; 0 disables the cache.
+    #[arg(long, default_value_t = 1024)]
+    encoder_cache_mb: usize,
+}
+
+/// The reference harness's question (../shared/perf/ref_bench.py), so prompts match.
+const BENCH_QUESTION: &str = "Describe this video in detail: which shapes, colours, numbers and text appear, and how do they move over time?";
+
+#[derive(Args)]
+struct BenchArgs {
+    /// A checkpoint folder (with --video) or a GGUF language model (text only).
+    #[arg(long, required_unless_present = "synthetic", conflicts_with = "synthetic")]
+    model: Option<PathBuf>,
+    /// A random-weight model with published shapes built in memory:
+    /// videollama2-7b-16f, videollama2.1-7b-16f or perf-0.5b.
+    #[arg(long)]
+    synthetic: Option<String>,
+    /// The video to ask about (checkpoint folders).
+    #[arg(long)]
+    video: Option<PathBuf>,
+    #[arg(long, default_value = BENCH_QUESTION)]
+    question: String,
+    /// New tokens per run (greedy).
+    #[arg(long, default_value_t = 32)]
+    max_new_tokens: usize,
+    /// Text-only / synthetic runs: prompt length in tokens (random ids).
+    #[arg(long, default_value_t = 66)]
+    prompt_tokens: usize,
+    /// Synthetic runs: frames per video (default: the model's num_frames).
+    #[arg(long)]
+    frames: Option<usize>,
+    /// Text-only / synthetic runs: tokens to generate (overrides --max-new-tokens).
+    #[arg(long)]
+    gen_tokens: Option<usize>,
+    /// Timed runs (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// One untimed run first.
+    #[arg(long)]
+    warmup: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, value_enum)]
+    dtype: Option<DtypeArg>,
+    #[arg(long)]
+    quantize: Option<String>,
+    #[arg(long)]
+    quantize_vision: Option<String>,
+    #[arg(long)]
+    llm: Option<PathBuf>,
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl BenchArgs {
+    fn model_args(&self) -> ModelArgs {
+        ModelArgs {
+            model: self.model.clone().unwrap_or_default(),
+            dtype: self.dtype,
+            quantize: self.quantize.clone(),
+            quantize_vision: self.quantize_vision.clone(),
+            llm: self.llm.clone(),
+            threads: self.threads,
+            encoder_cache_mb: 0,
+        }
+    }
+}
+
+fn bench(args: &BenchArgs) -> Result<()> {
+    let margs = args.model_args();
+    margs.apply_threads();
+    let opts = margs.load_options()?;
+    let mode = format!(
+        "{} {}",
+        if args.dtype.is_some() { "exact" } else { "default" },
+        opts.weights.describe()
+    );
+    let (rss0, _) = crate::bench::rss_bytes();
+    let mut plan = crate::bench::BenchPlan {
+        video: args.video.as_deref(),
+        question: &args.question,
+        max_new_tokens: args.gen_tokens.unwrap_or(args.max_new_tokens),
+        runs: args.runs.max(1),
+        warmup: args.warmup,
+        json: args.json,
+        mode,
+    };
+    if let Some(name) = &args.synthetic {
+        let start = std::time::Instant::now();
+        let pb = spinner(&format!("building synthetic {name}"));
+        let model = videollama_pipeline::synthetic::build_synthetic(
+            name,
+            opts.dtype,
+            &opts.device,
+            &opts.weights,
+            args.frames,
+        );
+        pb.finish_and_clear();
+        let model = model?;
+        let load_s = start.elapsed().as_secs_f64();
+        let loaded = crate::bench::rss_bytes().0.saturating_sub(rss0);
+        plan.mode = format!("{} synthetic {name}", plan.mode);
+        return crate::bench::bench_synthetic(&model, &plan, args.prompt_tokens, load_s, loaded);
+    }
+    let pipeline = load(&margs)?;
+    let loaded = crate::bench::rss_bytes().0.saturating_sub(rss0);
+    if pipeline.model.visual.is_none() || args.video.is_none() {
+        return crate::bench::bench_synthetic(
+            &pipeline.model,
+            &plan,
+            args.prompt_tokens,
+            pipeline.load_seconds,
+            loaded,
+        );
+    }
+    crate::bench::bench_pipeline(&pipeline, &plan, loaded)
 }
 
 #[derive(Args)]
@@ -257,6 +400,8 @@ pub fn run() -> Result<()> {
             };
             videollama_server::serve(pipeline, config)
         }
+        Command::Bench(args) => bench(&args),
+        Command::Quantize(args) => crate::quantize::run(&args),
         Command::BenchMedia {
             video,
             frames,
@@ -299,22 +444,82 @@ fn spinner(msg: &str) -> indicatif::ProgressBar {
     pb
 }
 
-fn load(model: &ModelArgs) -> Result<Pipeline> {
-    let dtype = match model.dtype {
-        DtypeArg::F32 => DType::F32,
-        DtypeArg::F16 => DType::F16,
-        DtypeArg::Bf16 => DType::BF16,
-    };
-    let pb = spinner(&format!("loading {}", model.model.display()));
-    let pipeline = Pipeline::load(
-        &model.model,
-        &LoadOptions {
+/// The default (fast) mode's weight formats on CPU: 8-bit weights for the language model
+/// and the vision tower, integer-dot kernels chosen at run time (AVX2 / AVX-512-VNNI).
+/// Measured against the exact mode in `docs/performance.md`.
+pub const FAST_MODE_LLM: WeightFormat = WeightFormat::Q8_0;
+pub const FAST_MODE_VISION: WeightFormat = WeightFormat::Q8_0;
+
+fn parse_format(flag: &str, value: &str) -> Result<Option<WeightFormat>> {
+    if value.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    value
+        .parse::<WeightFormat>()
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("{flag}: {e} or none"))
+}
+
+impl ModelArgs {
+    /// `--threads N` for candle's GEMMs and rayon's pool; must run before any numerics.
+    pub fn apply_threads(&self) {
+        if let Some(n) = self.threads.filter(|n| *n > 0) {
+            // SAFETY (edition 2021 API): called at start-up before any other thread exists.
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+            let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        }
+    }
+
+    /// The load options these flags select: the exact mode when `--dtype` is given, else
+    /// the fast mode's formats; `--quantize` / `--quantize-vision` override either.
+    pub fn load_options(&self) -> Result<LoadOptions> {
+        let exact = self.dtype.is_some();
+        let dtype = match self.dtype.unwrap_or(DtypeArg::F32) {
+            DtypeArg::F32 => DType::F32,
+            DtypeArg::F16 => DType::F16,
+            DtypeArg::Bf16 => DType::BF16,
+        };
+        let quantize_llm = match &self.quantize {
+            Some(v) => parse_format("--quantize", v)?,
+            None if exact => None,
+            None => Some(FAST_MODE_LLM),
+        };
+        let quantize_vision = match &self.quantize_vision {
+            Some(v) => parse_format("--quantize-vision", v)?,
+            None if exact => None,
+            None => Some(FAST_MODE_VISION),
+        };
+        Ok(LoadOptions {
             dtype,
             device: Device::Cpu,
-        },
-    );
+            weights: WeightOptions {
+                quantize_llm,
+                quantize_vision,
+                prequantized: None,
+            },
+            llm_gguf: self.llm.clone(),
+        })
+    }
+}
+
+fn load(model: &ModelArgs) -> Result<Pipeline> {
+    model.apply_threads();
+    let opts = model.load_options()?;
+    let pb = spinner(&format!("loading {}", model.model.display()));
+    let pipeline = Pipeline::load(&model.model, &opts);
     pb.finish_and_clear();
-    Ok(pipeline?)
+    let pipeline = pipeline?;
+    pipeline
+        .encoder_cache
+        .set_budget(model.encoder_cache_mb.saturating_mul(1 << 20));
+    tracing::info!(
+        weights = %opts.weights.describe(),
+        kernels = %videollama_nn::cpu::kernel_summary(),
+        "loaded {} in {:.1} s",
+        model.model.display(),
+        pipeline.load_seconds
+    );
+    Ok(pipeline)
 }
 
 /// Read tensor `name` (or the file's only tensor) from a safetensors file.
@@ -350,8 +555,8 @@ fn has_media(media: &MediaArgs) -> bool {
 
 /// Media files are decoded and preprocessed like the reference; the `*-pixels` /
 /// `--audio-fbank` options take tensors that were preprocessed elsewhere.
-fn media_input(pipeline: &Pipeline, media: &MediaArgs) -> Result<(MediaInput, MediaReport)> {
-    let request = MediaRequest {
+fn media_request(media: &MediaArgs) -> MediaRequest {
+    MediaRequest {
         video: media.video.clone(),
         image: media.image.clone(),
         audio: media.audio.clone(),
@@ -360,7 +565,11 @@ fn media_input(pipeline: &Pipeline, media: &MediaArgs) -> Result<(MediaInput, Me
         use_video_audio: if media.no_audio { Some(false) } else { None },
         audio_crop_seed: media.audio_crop_seed,
         pad_to_square: media.pad,
-    };
+    }
+}
+
+fn media_input(pipeline: &Pipeline, media: &MediaArgs) -> Result<(MediaInput, MediaReport)> {
+    let request = media_request(media);
     let (mut input, report) = pipeline.prepare_media(&request)?;
     if let Some(p) = &media.video_pixels {
         input.visual = Some(Visual::Video(read_tensor(p, "pixel_values", 4, "T×3×H×W")?));
@@ -381,17 +590,47 @@ fn media_input(pipeline: &Pipeline, media: &MediaArgs) -> Result<(MediaInput, Me
     Ok((input, report))
 }
 
-fn encode(pipeline: &Pipeline, media: &MediaArgs) -> Result<(EncodedMedia, MediaReport)> {
-    let (input, report) = media_input(pipeline, media)?;
-    let pb = spinner("encoding media");
-    let encoded = pipeline.encode_media(&input);
-    pb.finish_and_clear();
-    Ok((encoded?, report))
+/// Encode the media through the encoder cache (files and `--*-pixels`/`--audio-fbank`
+/// tensors hashed by content); `bypass` (for `--dump-tensors`, which needs every stage
+/// tensor) skips it.
+fn encode(
+    pipeline: &Pipeline,
+    media: &MediaArgs,
+    bypass: bool,
+) -> Result<(Arc<EncodedMedia>, MediaReport, CacheStatus)> {
+    let request = media_request(media);
+    let extra: Vec<(&str, &Path)> = [
+        ("video_pixels", &media.video_pixels),
+        ("image_pixels", &media.image_pixels),
+        ("audio_fbank", &media.audio_fbank),
+    ]
+    .into_iter()
+    .filter_map(|(label, p)| p.as_deref().map(|p| (label, p)))
+    .collect();
+    let start = std::time::Instant::now();
+    let key = if bypass {
+        None
+    } else {
+        pipeline.media_key(&request, &extra)
+    };
+    let hash_s = start.elapsed().as_secs_f64();
+    let mut pb = None;
+    let encoded = pipeline.encode_cached(key, || {
+        let prepared = media_input(pipeline, media)?;
+        pb = Some(spinner("encoding media"));
+        Ok::<_, anyhow::Error>(prepared)
+    });
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    let (encoded, mut report, status) = encoded?;
+    report.preprocess_s += hash_s;
+    Ok((encoded, report, status))
 }
 
 fn ask(model: &ModelArgs, media: &MediaArgs, gen: &GenArgs, question: &str) -> Result<()> {
     let pipeline = load(model)?;
-    let (encoded, report) = encode(&pipeline, media)?;
+    let (encoded, report, cache_status) = encode(&pipeline, media, gen.dump_tensors.is_some())?;
     let opts = gen.options();
     let stdout = std::io::stdout();
     let mut answer = pipeline.answer(&[question.to_string()], &encoded, &opts, |piece| {
@@ -416,6 +655,7 @@ fn ask(model: &ModelArgs, media: &MediaArgs, gen: &GenArgs, question: &str) -> R
             "audio_tokens": answer.audio_tokens,
             "modality": encoded.modality,
             "stop_reason": answer.stop_reason,
+            "weights": pipeline.weights,
             "media": report,
             "timings": {
                 "load_s": pipeline.load_seconds,
@@ -426,6 +666,7 @@ fn ask(model: &ModelArgs, media: &MediaArgs, gen: &GenArgs, question: &str) -> R
                 "prefill_s": answer.timings.prefill_s,
                 "decode_s": answer.timings.decode_s,
                 "decode_tokens_per_s": answer.timings.decode_tokens_per_s,
+                "encoder_cache": cache_status,
             },
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -437,9 +678,11 @@ fn ask(model: &ModelArgs, media: &MediaArgs, gen: &GenArgs, question: &str) -> R
 
 fn chat(model: &ModelArgs, media: &MediaArgs, gen: &GenArgs) -> Result<()> {
     let pipeline = load(model)?;
-    let (encoded, _) = encode(&pipeline, media)?;
+    let (encoded, _, _) = encode(&pipeline, media, false)?;
     let opts = gen.options();
     let mut turns: Vec<String> = Vec::new();
+    // The KV cache of the earlier turns is reused for the next one (session.rs).
+    let mut session = ChatSession::new(encoded.clone());
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
     eprintln!(
@@ -460,18 +703,26 @@ fn chat(model: &ModelArgs, media: &MediaArgs, gen: &GenArgs) -> Result<()> {
             "/exit" | "/quit" => break,
             "/reset" => {
                 turns.clear();
+                session.reset();
                 continue;
             }
             _ => {}
         }
         turns.push(line.to_string());
-        let answer = pipeline.answer(&turns, &encoded, &opts, |piece| {
+        let answer = pipeline.answer_in_session(&mut session, &turns, &opts, |piece| {
             let mut out = std::io::stdout().lock();
             write!(out, "{piece}").and_then(|_| out.flush()).is_ok()
         });
         match answer {
             Ok(answer) => {
                 println!();
+                tracing::info!(
+                    "turn {}: {} prompt positions, {} reused from the KV cache, {} prefilled",
+                    turns.len().div_ceil(2),
+                    answer.prompt_tokens,
+                    answer.reused_prompt_tokens,
+                    answer.prompt_tokens - answer.reused_prompt_tokens
+                );
                 turns.push(answer.answer);
             }
             Err(e) => {

@@ -5,6 +5,7 @@
 
 mod bench;
 mod cli;
+mod quantize;
 
 fn main() -> std::process::ExitCode {
     match cli::run() {

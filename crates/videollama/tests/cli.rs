@@ -11,11 +11,51 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Run the binary. These tests compare answers with the reference's, so the answering
+/// commands run in the exact mode (`--dtype f32`) unless a test picks a mode itself;
+/// `default_mode_is_quantized_and_close` covers the default.
 fn videollama(args: &[&str]) -> Output {
+    let answers = matches!(args.first(), Some(&("ask" | "caption" | "chat")));
+    let picks_mode = args
+        .iter()
+        .any(|a| a.starts_with("--dtype") || a.starts_with("--quantize"));
+    let mut full: Vec<&str> = args.to_vec();
+    if answers && !picks_mode {
+        full.splice(1..1, ["--dtype", "f32"]);
+    }
     Command::new(env!("CARGO_BIN_EXE_videollama"))
-        .args(args)
+        .args(&full)
         .output()
         .expect("run videollama")
+}
+
+/// The default mode quantizes the LLM and the tower (8-bit): on the golden case it still
+/// answers, reports its weights, and its first token equals the reference's (the tiny
+/// model's first-step margin is wide; later tokens may differ by design).
+#[test]
+fn default_mode_is_quantized_and_close() {
+    let fixture = "videollama2.1-qwen2-tiny";
+    let meta = case_json(fixture, "video");
+    let model = golden(&format!("{fixture}/checkpoint"));
+    let pixels = golden(&format!("{fixture}/video/expected.safetensors"));
+    let out = Command::new(env!("CARGO_BIN_EXE_videollama"))
+        .args([
+            "ask",
+            "--model",
+            model.to_str().unwrap(),
+            "--video-pixels",
+            pixels.to_str().unwrap(),
+            "--json",
+            "--max-new-tokens",
+            "3",
+            meta["question"].as_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["weights"], "llm q8_0, vision q8_0");
+    assert_eq!(token_ids(&json)[0], expected_ids(fixture, "video")[0]);
 }
 
 fn expected_ids(fixture: &str, case: &str) -> Vec<u64> {
@@ -507,4 +547,108 @@ fn chat_is_multi_turn_about_one_video() {
         .unwrap()
         .answer;
     assert_eq!(answers, vec![first.as_str(), second.as_str()]);
+}
+
+/// `ask --json` says what the encoder cache did: a fresh process misses, `--encoder-cache-mb 0`,
+/// a text-only question and `--dump-tensors` (which needs every stage tensor) are `off`.
+#[test]
+fn ask_json_reports_the_encoder_cache() {
+    let model = golden("videollama2-mistral-tiny/checkpoint");
+    let video = golden("videollama2-mistral-tiny/inputs/video.mp4");
+    let tmp = tempfile::tempdir().unwrap();
+    let dump = tmp.path().join("dump.safetensors");
+    let (m, v, d) = (
+        model.to_str().unwrap(),
+        video.to_str().unwrap(),
+        dump.to_str().unwrap(),
+    );
+    let base = ["ask", "--model", m, "--json", "--max-new-tokens", "2"];
+    let mut answers = Vec::new();
+    for (extra, want) in [
+        (vec!["--video", v], "miss"),
+        (vec!["--video", v, "--encoder-cache-mb", "0"], "off"),
+        (vec!["--video", v, "--dump-tensors", d], "off"),
+        (vec![], "off"),
+    ] {
+        let mut args: Vec<&str> = base.to_vec();
+        args.extend(&extra);
+        args.push("What is this?");
+        let out = videollama(&args);
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["timings"]["encoder_cache"], want, "{extra:?}");
+        answers.push(token_ids(&json));
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0], answers[2]);
+}
+
+/// `chat` reuses the KV cache of the earlier turns (the log line counts the positions) and
+/// `/reset` clears it: the question after `/reset` is prefilled whole and answered as the
+/// first one was.
+#[test]
+fn chat_reuses_the_kv_cache_and_reset_clears_it() {
+    use std::io::Write;
+    let model = golden("videollama2.1-qwen2-tiny/checkpoint");
+    let video = golden("videollama2.1-qwen2-tiny/inputs/video.mp4");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_videollama"))
+        .args([
+            "chat",
+            "-v",
+            "--model",
+            model.to_str().unwrap(),
+            "--video",
+            video.to_str().unwrap(),
+            "--max-new-tokens",
+            "4",
+        ])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(
+            b"What is in the video?\nAnd the colours?\n/reset\nWhat is in the video?\n/exit\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let answers: Vec<&str> = stdout
+        .split("> ")
+        .map(str::trim_end)
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(answers.len(), 3, "{stdout:?}");
+    assert_eq!(answers[0], answers[2], "after /reset");
+    // "turn N: P prompt positions, R reused from the KV cache, F prefilled"
+    let turns: Vec<(usize, usize, usize)> = stderr
+        .lines()
+        .filter_map(|l| {
+            let at = l.find(" prompt positions, ")?;
+            let p = l[..at].rsplit(' ').next()?.parse().ok()?;
+            let nums: Vec<usize> = l[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            Some((p, *nums.first()?, *nums.get(1)?))
+        })
+        .collect();
+    assert_eq!(turns.len(), 3, "{stderr}");
+    let (p1, r1, f1) = turns[0];
+    let (p2, r2, f2) = turns[1];
+    let (p3, r3, f3) = turns[2];
+    assert_eq!((r1, f1), (0, p1));
+    assert!(r2 >= p1 && r2 + f2 == p2 && f2 < p2, "{turns:?}");
+    assert_eq!((p3, r3, f3), (p1, 0, p1), "after /reset");
 }
