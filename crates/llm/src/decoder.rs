@@ -11,7 +11,9 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use videollama_nn::attention::{attention, AttentionMask};
-use videollama_nn::{linear_b, linear_no_bias, quantize_in_scope, rms_norm, Linear, RmsNorm};
+use videollama_nn::{
+    forward_many, linear_b, linear_no_bias, quantize_in_scope, rms_norm, Linear, RmsNorm,
+};
 
 use crate::config::DecoderConfig;
 use crate::moe::{FeedForward, SparseMoe, SwiGlu};
@@ -202,9 +204,11 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, l, _) = xs.dims3()?;
         let heads = |t: Tensor, n: usize| t.reshape((b, l, n, self.head_dim))?.transpose(1, 2);
-        let q = rope.apply(&heads(self.q_proj.forward(xs)?, self.n_heads)?, offset)?;
-        let k = rope.apply(&heads(self.k_proj.forward(xs)?, self.n_kv_heads)?, offset)?;
-        let v = heads(self.v_proj.forward(xs)?, self.n_kv_heads)?;
+        let mut qkv = forward_many(&[&self.q_proj, &self.k_proj, &self.v_proj], xs)?.into_iter();
+        let (q, k, v) = (qkv.next().unwrap(), qkv.next().unwrap(), qkv.next().unwrap());
+        let q = rope.apply(&heads(q, self.n_heads)?, offset)?;
+        let k = rope.apply(&heads(k, self.n_kv_heads)?, offset)?;
+        let v = heads(v, self.n_kv_heads)?;
         let (k, v) = cache.append(index, offset, &k, &v)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let y = attention(&q, &k, &v, scale, AttentionMask::Causal { offset })?;

@@ -32,8 +32,10 @@ impl SwiGlu {
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let g = self.act.forward(&self.gate.forward(xs)?)?;
-        self.down.forward(&(g * self.up.forward(xs)?)?)
+        let mut gu = videollama_nn::forward_many(&[&self.gate, &self.up], xs)?.into_iter();
+        let (gate, up) = (gu.next().unwrap(), gu.next().unwrap());
+        let g = self.act.forward(&gate)?;
+        self.down.forward(&(g * up)?)
     }
 }
 

@@ -27,7 +27,7 @@ pub mod norm;
 pub mod quant;
 
 pub use activation::Activation;
-pub use linear::{linear, linear_b, linear_no_bias, quantize_in_scope, Linear};
+pub use linear::{forward_many, linear, linear_b, linear_no_bias, quantize_in_scope, Linear};
 pub use norm::{layer_norm, rms_norm, LayerNorm, LayerNorm2d, RmsNorm};
 pub use quant::{with_load_scope, LoadScope, QuantizedWeights, WeightFormat};
 

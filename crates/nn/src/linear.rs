@@ -152,7 +152,7 @@ impl Linear {
                 if self.padded_in > last {
                     x = x.pad_with_zeros(1, 0, self.padded_in - last)?;
                 }
-                let ys = quantized_matmul_in_row_blocks(q, &x)?;
+                let ys = q.forward(&x)?;
                 ys.to_dtype(in_dtype)?
             }
         };
@@ -199,38 +199,58 @@ fn pad_rows_with_zero_blocks(q: Arc<QTensor>) -> Result<(Arc<QTensor>, usize)> {
     Ok((Arc::new(QTensor::new(storage, (out_dim, padded))?), padded))
 }
 
-/// Rows of activations per quantized matmul call.
+/// Apply several layers to the same input: `[l.forward(xs) for l in layers]`.
 ///
-/// candle's repacked x86 kernel walks the output columns in tiles of 16 and, for each tile,
-/// streams *all* activation rows. With thousands of rows (a vision tower over several
-/// frames, a long prefill) the quantized activations no longer fit in L2 and are re-read
-/// from memory for every tile; calling it on blocks of rows keeps each block cache-resident
-/// and streams the (smaller) weights once per block instead.
-fn row_block() -> usize {
-    static BLOCK: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *BLOCK.get_or_init(|| {
-        std::env::var("VIDEOLLAMA_QMATMUL_ROWS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|v: &usize| *v > 0)
-            .unwrap_or(usize::MAX)
-    })
+/// When every layer is quantized in the same format with the same row length (q/k/v, or
+/// gate/up), candle's fused kernel quantizes the activations once and runs all products in
+/// one parallel region — in decoding, where each product is tiny, that per-call overhead is
+/// a large part of the step. Otherwise (dense layers, other CPUs) the layers run one by one.
+pub fn forward_many(layers: &[&Linear], xs: &Tensor) -> Result<Vec<Tensor>> {
+    let fused = fused_qtensors(layers);
+    if let Some(qs) = fused {
+        let dims = xs.dims();
+        let last = *dims.last().unwrap_or(&0);
+        let rows = xs.elem_count() / last.max(1);
+        let padded_in = layers[0].padded_in;
+        let mut x = xs.reshape((rows, last))?.to_dtype(DType::F32)?;
+        if padded_in > last {
+            x = x.pad_with_zeros(1, 0, padded_in - last)?;
+        }
+        let x = x.contiguous()?;
+        if let Some(outs) = QTensor::gemv_fused_shared_lhs(&qs, &x)? {
+            return outs
+                .into_iter()
+                .zip(layers)
+                .map(|(y, l)| {
+                    let y = match &l.bias {
+                        Some(b) => y.broadcast_add(b)?,
+                        None => y,
+                    };
+                    let mut out_dims = dims.to_vec();
+                    *out_dims.last_mut().unwrap() = l.out_dim;
+                    y.to_dtype(xs.dtype())?.reshape(out_dims)
+                })
+                .collect();
+        }
+    }
+    layers.iter().map(|l| l.forward(xs)).collect()
 }
 
-fn quantized_matmul_in_row_blocks(q: &QMatMul, x: &Tensor) -> Result<Tensor> {
-    let rows = x.dim(0)?;
-    let block = row_block();
-    if rows <= block {
-        return q.forward(x);
+fn fused_qtensors<'a>(layers: &[&'a Linear]) -> Option<Vec<&'a QTensor>> {
+    let first = layers.first()?;
+    let mut qs = Vec::with_capacity(layers.len());
+    for l in layers {
+        let q = l.qtensor()?;
+        if l.padded_in != first.padded_in
+            || l.in_dim != first.in_dim
+            || q.dtype() != first.qtensor()?.dtype()
+            || l.bias.as_ref().is_some_and(|b| b.dtype() != DType::F32)
+        {
+            return None;
+        }
+        qs.push(q.as_ref());
     }
-    let mut outs = Vec::with_capacity(rows.div_ceil(block));
-    let mut start = 0;
-    while start < rows {
-        let n = block.min(rows - start);
-        outs.push(q.forward(&x.narrow(0, start, n)?)?);
-        start += n;
-    }
-    Tensor::cat(&outs, 0)
+    Some(qs)
 }
 
 impl Module for Linear {
@@ -356,6 +376,27 @@ mod tests {
         assert_eq!(odd.in_dim(), 40);
         let e = rel_err(&odd.forward(&x)?, &x.matmul(&w.t()?)?);
         assert!(e < 0.01, "padded q8_0: {e}");
+        // Several layers on one input: the fused path equals the layers one by one.
+        let ls: Vec<Linear> = (0..3)
+            .map(|i| {
+                Linear::new(
+                    crate::test_tensor((16 * (i + 1), 96), 40 + i as u64),
+                    Some(crate::test_tensor(16 * (i + 1), 50 + i as u64)),
+                )
+                .quantized(WeightFormat::Q8_0)
+            })
+            .collect::<Result<_>>()?;
+        let refs: Vec<&Linear> = ls.iter().collect();
+        for rows in [1, 5] {
+            let x = crate::test_tensor((1, rows, 96), 60 + rows as u64);
+            let many = forward_many(&refs, &x)?;
+            for (l, y) in ls.iter().zip(&many) {
+                let one = l.forward(&x)?;
+                assert_eq!(y.dims(), one.dims());
+                let d = (y - one)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(d < 1e-5, "fused vs single: {d}");
+            }
+        }
         Ok(())
     }
 }
