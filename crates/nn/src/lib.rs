@@ -12,10 +12,20 @@
 //!   (or takes pre-quantized weights from a GGUF file).
 //! * [`norm`] — LayerNorm / RMSNorm loaders and `LayerNorm2d` (a LayerNorm over the
 //!   channel axis of an `NCHW` tensor, as timm's `LayerNorm2d`/`LayerNormAct2d`).
-//! * [`attention`] — scaled-dot-product attention with grouped KV heads and an
-//!   optional additive mask.
+//! * [`attention`] — attention with grouped KV heads (never repeated), causal or full:
+//!   the fused CPU kernel of [`attention_cpu`] for f32, a query-blocked tensor form
+//!   otherwise (and the plain full-matrix form as the reference in tests).
+//! * [`fastmath`] — vectorised, multi-threaded GELU-tanh / quick-GELU / SiLU / softmax.
+//! * [`cpu`] — what this CPU has and which kernel each kind of product runs on it.
 //!
-//! Lower layers never depend on model-specific crates: this crate imports only candle.
+//! ```text
+//! VarBuilder ─► linear_b ─┬─ dense [out,in] ──────────────► Linear::forward = one GEMM (+bias)
+//!  (+ load scope)         ├─ quantize now (Q8_0/Q4_K…) ──► QMatMul (rows padded to 256)
+//!                         └─ pre-quantized (GGUF) ───────► QMatMul
+//! ```
+//!
+//! Lower layers never depend on model-specific crates: this crate imports only candle
+//! (and `gemm`/`rayon`, which candle uses too).
 
 pub mod activation;
 pub mod attention;

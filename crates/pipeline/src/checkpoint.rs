@@ -17,7 +17,7 @@
 
 use crate::error::{PipelineError, Result};
 use candle_core::quantized::QTensor;
-use candle_core::safetensors::MmapedSafetensors;
+use crate::safetensors_files::SafetensorsFiles;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
@@ -72,7 +72,7 @@ struct AccessLog {
 
 /// Where a checkpoint's tensors are stored.
 enum Store {
-    Safetensors(MmapedSafetensors),
+    Safetensors(SafetensorsFiles),
     /// A `videollama quantize` output: HF names, dense and quantized tensors.
     Gguf(Arc<GgufFile>),
 }
@@ -80,14 +80,14 @@ enum Store {
 impl Store {
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
         match self {
-            Store::Safetensors(st) => st.get(name).ok().map(|v| v.shape().to_vec()),
+            Store::Safetensors(st) => st.get(name).map(|e| e.shape.clone()),
             Store::Gguf(f) => crate::quantize::stored_shape(f, name),
         }
     }
 
     fn load(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         match self {
-            Store::Safetensors(st) => st.load(name, dev)?.to_dtype(dtype),
+            Store::Safetensors(st) => st.load(name, dtype, dev),
             // Quantized tensors asked for here (not through `prequantized`) are dequantized.
             Store::Gguf(f) => {
                 let t = f.read_dense(name, dtype, dev)?;
@@ -208,15 +208,17 @@ impl Checkpoint {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        // SAFETY: the files are memory-mapped read-only; like every mmap-based loader we
-        // rely on them not being truncated while the process runs.
-        let st = unsafe { MmapedSafetensors::multi(&files) }
+        // Tensors are read one at a time when the model asks for them (positioned reads,
+        // no memory map): the process never holds the file and the weights at once.
+        let st = SafetensorsFiles::open(&files)
             .map_err(|e| PipelineError::file(dir, format!("cannot read safetensors: {e}")))?;
         let mut names = Vec::new();
         let mut dtypes = HashMap::new();
-        for (name, view) in st.tensors() {
-            *dtypes.entry(format!("{:?}", view.dtype())).or_insert(0) += 1;
-            names.push(name);
+        for (name, entry) in st.tensors() {
+            *dtypes
+                .entry(format!("{:?}", entry.dtype).to_uppercase())
+                .or_insert(0) += 1;
+            names.push(name.clone());
         }
         names.sort();
         let log = Arc::new(Mutex::new(AccessLog::default()));

@@ -23,6 +23,7 @@ pub mod inspect;
 pub mod media;
 pub mod model;
 pub mod prompt;
+pub mod safetensors_files;
 pub mod quantize;
 pub mod session;
 pub mod synthetic;

@@ -240,6 +240,24 @@ fn progress(runs: usize, what: &str) -> indicatif::ProgressBar {
     pb
 }
 
+/// An optional untimed warm-up, then `plan.runs` timed runs under a progress bar.
+fn timed_runs(
+    plan: &BenchPlan<'_>,
+    one: impl Fn() -> Result<StageTimes>,
+) -> Result<Vec<StageTimes>> {
+    if plan.warmup {
+        one()?;
+    }
+    let pb = progress(plan.runs, "bench");
+    let mut runs = Vec::with_capacity(plan.runs);
+    for _ in 0..plan.runs {
+        runs.push(one()?);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(runs)
+}
+
 /// What one `bench` invocation measures.
 pub struct BenchPlan<'a> {
     pub video: Option<&'a Path>,
@@ -347,16 +365,7 @@ pub fn bench_pipeline(
             generated_tokens: answer.token_ids.len(),
         })
     };
-    if plan.warmup {
-        one()?;
-    }
-    let pb = progress(plan.runs, "bench");
-    let mut runs = Vec::new();
-    for _ in 0..plan.runs {
-        runs.push(one()?);
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
+    let runs = timed_runs(plan, one)?;
     print_report(plan, header(&plan.mode), &runs, pipeline.load_seconds, loaded_bytes)
 }
 
@@ -434,15 +443,6 @@ pub fn bench_synthetic(
             generated_tokens: n,
         })
     };
-    if plan.warmup {
-        one()?;
-    }
-    let pb = progress(plan.runs, "bench");
-    let mut runs = Vec::new();
-    for _ in 0..plan.runs {
-        runs.push(one()?);
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
+    let runs = timed_runs(plan, one)?;
     print_report(plan, header(&plan.mode), &runs, load_s, loaded_bytes)
 }

@@ -244,6 +244,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         );
         pb.finish_and_clear();
         let model = model?;
+        crate::memory::release_free_memory();
         let load_s = start.elapsed().as_secs_f64();
         let loaded = crate::bench::rss_bytes().0.saturating_sub(rss0);
         plan.mode = format!("{} synthetic {name}", plan.mode);
@@ -509,11 +510,12 @@ fn load(model: &ModelArgs) -> Result<Pipeline> {
     let pipeline = Pipeline::load(&model.model, &opts);
     pb.finish_and_clear();
     let pipeline = pipeline?;
+    crate::memory::release_free_memory();
     pipeline
         .encoder_cache
         .set_budget(model.encoder_cache_mb.saturating_mul(1 << 20));
     tracing::info!(
-        weights = %opts.weights.describe(),
+        weights = %pipeline.weights,
         kernels = %videollama_nn::cpu::kernel_summary(),
         "loaded {} in {:.1} s",
         model.model.display(),

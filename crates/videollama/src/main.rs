@@ -5,9 +5,11 @@
 
 mod bench;
 mod cli;
+mod memory;
 mod quantize;
 
 fn main() -> std::process::ExitCode {
+    memory::configure_allocator();
     match cli::run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
