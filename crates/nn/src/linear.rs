@@ -117,12 +117,7 @@ impl Linear {
             return Ok(self.clone());
         };
         let (format, padded_in) = format.plan_for_row_length(self.in_dim);
-        let w = if padded_in > self.in_dim {
-            w.pad_with_zeros(1, 0, padded_in - self.in_dim)?
-        } else {
-            w.clone()
-        };
-        let q = quantize_weight(&w, format)?;
+        let q = quantize_in_row_blocks(w, format, padded_in)?;
         let bias = self.bias.as_ref().map(|b| b.to_dtype(DType::F32)).transpose()?;
         let mut layer = Self::from_qtensor(Arc::new(q), bias)?;
         layer.in_dim = self.in_dim;
@@ -162,6 +157,35 @@ impl Linear {
         };
         ys.reshape(out_dims)
     }
+}
+
+/// Quantize a dense `[out, in]` weight with rows zero-padded to `padded_in`, a block of rows
+/// at a time (in parallel): only one block's f32/padded copy exists at once, instead of a
+/// padded copy of the whole matrix (622 MB for a Qwen2-0.5B `lm_head`).
+fn quantize_in_row_blocks(w: &Tensor, format: WeightFormat, padded_in: usize) -> Result<QTensor> {
+    use candle_core::quantized::QStorage;
+    use rayon::prelude::*;
+    const ROWS: usize = 512;
+    let (out_dim, in_dim) = w.dims2()?;
+    let blocks: Vec<usize> = (0..out_dim).step_by(ROWS).collect();
+    let parts = blocks
+        .par_iter()
+        .map(|&r0| -> Result<Vec<u8>> {
+            let n = ROWS.min(out_dim - r0);
+            let mut block = w.narrow(0, r0, n)?;
+            if padded_in > in_dim {
+                block = block.pad_with_zeros(1, 0, padded_in - in_dim)?;
+            }
+            Ok(quantize_weight(&block, format)?.data()?.into_owned())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes: Vec<u8> = parts.concat();
+    let storage = QStorage::from_data(
+        std::borrow::Cow::Owned(bytes),
+        w.device(),
+        format.ggml_dtype(),
+    )?;
+    QTensor::new(storage, (out_dim, padded_in))
 }
 
 /// Append all-zero blocks to every row of a block-quantized `[out, in]` weight so that rows

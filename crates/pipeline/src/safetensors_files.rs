@@ -131,9 +131,25 @@ impl SafetensorsFiles {
             .get(name)
             .ok_or_else(|| candle_core::Error::Msg(format!("tensor {name} missing")))?;
         let (path, file) = &self.files[e.file];
+        let read_err =
+            |err: std::io::Error| candle_core::Error::Msg(bad(path, format!("reading {name}: {err}")));
+        if cfg!(target_endian = "little")
+            && e.dtype == DType::F32
+            && dtype == DType::F32
+            && matches!(dev, Device::Cpu)
+        {
+            // Read straight into the tensor's own buffer: no second copy of the weight.
+            let mut values = vec![0f32; (e.end - e.begin) as usize / 4];
+            // SAFETY: a f32 slice viewed as bytes; every bit pattern is a valid f32, and
+            // safetensors stores little-endian like every platform this runs on.
+            let bytes = unsafe {
+                std::slice::from_raw_parts_mut(values.as_mut_ptr() as *mut u8, values.len() * 4)
+            };
+            file.read_exact_at(bytes, e.begin).map_err(read_err)?;
+            return Tensor::from_vec(values, e.shape.clone(), dev);
+        }
         let mut bytes = vec![0u8; (e.end - e.begin) as usize];
-        file.read_exact_at(&mut bytes, e.begin)
-            .map_err(|err| candle_core::Error::Msg(bad(path, format!("reading {name}: {err}"))))?;
+        file.read_exact_at(&mut bytes, e.begin).map_err(read_err)?;
         let t = Tensor::from_raw_buffer(&bytes, e.dtype, &e.shape, dev)?;
         drop(bytes);
         t.to_dtype(dtype)

@@ -252,6 +252,11 @@ fn bench(args: &BenchArgs) -> Result<()> {
     }
     let pipeline = load(&margs)?;
     let loaded = crate::bench::rss_bytes().0.saturating_sub(rss0);
+    tracing::info!(
+        "after load: resident {:.2} GB, peak so far {:.2} GB",
+        crate::bench::rss_bytes().0 as f64 / 1e9,
+        crate::bench::rss_bytes().1 as f64 / 1e9
+    );
     if pipeline.model.visual.is_none() || args.video.is_none() {
         return crate::bench::bench_synthetic(
             &pipeline.model,

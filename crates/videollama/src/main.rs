@@ -9,7 +9,6 @@ mod memory;
 mod quantize;
 
 fn main() -> std::process::ExitCode {
-    memory::configure_allocator();
     match cli::run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
