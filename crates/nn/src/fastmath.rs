@@ -172,7 +172,6 @@ mod tests {
 
     #[test]
     fn activations_and_softmax_match_f64() -> Result<()> {
-        let dev = Device::Cpu;
         let xs = (crate::test_tensor((37, 1000), 11) * 3.0)?;
         let v = xs.flatten_all()?.to_vec1::<f32>()?;
         for (f, closed) in [
