@@ -131,17 +131,19 @@ impl KvCache {
 
     /// Write `k`/`v` (`[1, Hkv, n, D]`) of layer `i` at positions `offset..offset+n` and
     /// return views of positions `0..offset+n`.
-    fn append(&mut self, i: usize, offset: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn append(
+        &mut self,
+        i: usize,
+        offset: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let (b, h, n, d) = k.dims4()?;
         let needed = offset + n;
         let slot = &mut self.layers[i];
         let cap = slot.as_ref().map(|l| l.k.dim(2)).transpose()?.unwrap_or(0);
         if needed > cap {
-            let new_cap = needed
-                .max(self.reserved)
-                .max(cap * 2)
-                .div_ceil(KV_CHUNK)
-                * KV_CHUNK;
+            let new_cap = needed.max(self.reserved).max(cap * 2).div_ceil(KV_CHUNK) * KV_CHUNK;
             let kb = Tensor::zeros((b, h, new_cap, d), k.dtype(), k.device())?;
             let vb = Tensor::zeros((b, h, new_cap, d), v.dtype(), v.device())?;
             if let Some(old) = slot.as_ref() {
@@ -205,7 +207,11 @@ impl Attention {
         let (b, l, _) = xs.dims3()?;
         let heads = |t: Tensor, n: usize| t.reshape((b, l, n, self.head_dim))?.transpose(1, 2);
         let mut qkv = forward_many(&[&self.q_proj, &self.k_proj, &self.v_proj], xs)?.into_iter();
-        let (q, k, v) = (qkv.next().unwrap(), qkv.next().unwrap(), qkv.next().unwrap());
+        let (q, k, v) = (
+            qkv.next().unwrap(),
+            qkv.next().unwrap(),
+            qkv.next().unwrap(),
+        );
         let q = rope.apply(&heads(q, self.n_heads)?, offset)?;
         let k = rope.apply(&heads(k, self.n_kv_heads)?, offset)?;
         let v = heads(v, self.n_kv_heads)?;

@@ -31,9 +31,9 @@ pub mod rope;
 
 pub use config::DecoderConfig;
 pub use decoder::{DecoderLm, KvCache};
-pub use gguf::{load_gguf_decoder, GgufArch, GgufFile, GgufLlm};
 pub use generation::{
     apply_repetition_penalty, argmax, generate, GenerateOutput, GenerationConfig, LogitsProcessor,
     SamplingParams, StopReason, TokenIds,
 };
+pub use gguf::{load_gguf_decoder, GgufArch, GgufFile, GgufLlm};
 pub use rope::RotaryEmbedding;

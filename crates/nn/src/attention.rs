@@ -71,7 +71,6 @@ pub fn softmax_f32(xs: &Tensor) -> Result<Tensor> {
     candle_nn::ops::softmax(&xs.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(dt)
 }
 
-
 /// Which keys each query may see in [`attention`].
 #[derive(Debug, Clone, Copy)]
 pub enum AttentionMask<'a> {
@@ -173,8 +172,7 @@ pub fn attention_in_blocks(
             None => lk,
         };
         // The scale is applied to q (n·d values) rather than to the scores (n·keys values).
-        let qb = (q5.narrow(3, i0, n)? * scale)?
-            .reshape((b, hkv, n_rep * n, d))?;
+        let qb = (q5.narrow(3, i0, n)? * scale)?.reshape((b, hkv, n_rep * n, d))?;
         let kb = k.narrow(2, 0, keys)?;
         let vb = v.narrow(2, 0, keys)?;
         let scores = qb.matmul(&kb.t()?)?.to_dtype(DType::F32)?;
@@ -287,14 +285,20 @@ mod tests {
             // The fused f32 CPU kernel (what `attention` runs here).
             let fused = attention(&q, &k, &v, 0.3, mask)?;
             let diff = (fused - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(diff < 1e-5, "fused b{b} hq{hq} hkv{hkv} lq{lq} off{off}: {diff}");
+            assert!(
+                diff < 1e-5,
+                "fused b{b} hq{hq} hkv{hkv} lq{lq} off{off}: {diff}"
+            );
             // A strided key/value view, as the KV cache hands out.
             let kpad = Tensor::cat(&[&k, &k], 2)?.narrow(2, 0, lk)?;
             let vpad = Tensor::cat(&[&v, &v], 2)?.narrow(2, 0, lk)?;
             assert!(!kpad.is_contiguous() || b == 1 && hkv == 1);
             let fused = attention(&q, &kpad, &vpad, 0.3, mask)?;
             let diff = (fused - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(diff < 1e-5, "strided b{b} hq{hq} hkv{hkv} lq{lq} off{off}: {diff}");
+            assert!(
+                diff < 1e-5,
+                "strided b{b} hq{hq} hkv{hkv} lq{lq} off{off}: {diff}"
+            );
             // The tensor form: one block, and blocks of about 5 query rows.
             for bytes in [SCORE_BLOCK_BYTES, 5 * b * hq * lk * 4] {
                 let got = attention_in_blocks(&q, &k, &v, 0.3, mask, bytes)?;

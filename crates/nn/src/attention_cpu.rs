@@ -125,7 +125,9 @@ pub fn attention_f32(
                             for (r, row) in scores.chunks_mut(keys).enumerate() {
                                 if let Some(o) = causal_offset {
                                     let visible = (o + i0 + r + 1).min(keys);
-                                    row[visible..].iter_mut().for_each(|s| *s = f32::NEG_INFINITY);
+                                    row[visible..]
+                                        .iter_mut()
+                                        .for_each(|s| *s = f32::NEG_INFINITY);
                                 }
                                 crate::fastmath::softmax_row(row);
                             }

@@ -31,8 +31,7 @@ fn exp_f32(x: f32) -> f32 {
     let p = 1.0
         + r * (1.0
             + r * (0.5
-                + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     let bits = ((n as i32 + 127) as u32) << 23;
     p * f32::from_bits(bits)
 }
@@ -175,16 +174,25 @@ mod tests {
         let xs = (crate::test_tensor((37, 1000), 11) * 3.0)?;
         let v = xs.flatten_all()?.to_vec1::<f32>()?;
         for (f, closed) in [
-            (Unary::GeluTanh, (|x: f64| {
-                0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())
-            }) as fn(f64) -> f64),
+            (
+                Unary::GeluTanh,
+                (|x: f64| {
+                    0.5 * x
+                        * (1.0
+                            + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3)))
+                                .tanh())
+                }) as fn(f64) -> f64,
+            ),
             (Unary::QuickGelu, |x: f64| x / (1.0 + (-1.702 * x).exp())),
             (Unary::Silu, |x: f64| x / (1.0 + (-x).exp())),
         ] {
             let got = unary(&xs, f)?.unwrap().flatten_all()?.to_vec1::<f32>()?;
             for (g, x) in got.iter().zip(&v) {
                 let want = closed(*x as f64);
-                assert!((*g as f64 - want).abs() < 2e-6 * want.abs().max(1.0), "{f:?}({x}) = {g}, want {want}");
+                assert!(
+                    (*g as f64 - want).abs() < 2e-6 * want.abs().max(1.0),
+                    "{f:?}({x}) = {g}, want {want}"
+                );
             }
         }
         let got = softmax_last_dim(&xs)?;

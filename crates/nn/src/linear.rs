@@ -118,7 +118,11 @@ impl Linear {
         };
         let (format, padded_in) = format.plan_for_row_length(self.in_dim);
         let q = quantize_in_row_blocks(w, format, padded_in)?;
-        let bias = self.bias.as_ref().map(|b| b.to_dtype(DType::F32)).transpose()?;
+        let bias = self
+            .bias
+            .as_ref()
+            .map(|b| b.to_dtype(DType::F32))
+            .transpose()?;
         let mut layer = Self::from_qtensor(Arc::new(q), bias)?;
         layer.in_dim = self.in_dim;
         layer.padded_in = padded_in;

@@ -16,8 +16,8 @@
 //! shape mismatches at once (not just the first), and list the unused ones.
 
 use crate::error::{PipelineError, Result};
-use candle_core::quantized::QTensor;
 use crate::safetensors_files::SafetensorsFiles;
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;

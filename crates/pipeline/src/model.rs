@@ -140,7 +140,9 @@ impl VideoLlama2 {
         }
         // `--llm FILE.gguf`: the language model comes from the GGUF file instead.
         let llm = match &opts.llm_gguf {
-            Some(path) => Some(crate::gguf::load_llm_for_checkpoint(path, &config, dir, opts)?),
+            Some(path) => Some(crate::gguf::load_llm_for_checkpoint(
+                path, &config, dir, opts,
+            )?),
             None => None,
         };
         Self::from_checkpoint_with_llm(config, &ckpt, dir, &weights, llm)

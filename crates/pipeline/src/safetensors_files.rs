@@ -66,7 +66,8 @@ impl SafetensorsFiles {
                 return Err(bad(path, format!("header of {n} bytes does not fit a {len}-byte file (truncated or not safetensors)")));
             }
             let mut header = vec![0u8; n as usize];
-            file.read_exact_at(&mut header, 8).map_err(|e| bad(path, e))?;
+            file.read_exact_at(&mut header, 8)
+                .map_err(|e| bad(path, e))?;
             let json: serde_json::Value = serde_json::from_slice(&header)
                 .map_err(|e| bad(path, format!("header is not JSON: {e}")))?;
             let obj = json
@@ -79,7 +80,10 @@ impl SafetensorsFiles {
                 }
                 let dtype_name = info["dtype"].as_str().unwrap_or("?");
                 let dtype = dtype_of(dtype_name).ok_or_else(|| {
-                    bad(path, format!("tensor {name}: unsupported dtype {dtype_name}"))
+                    bad(
+                        path,
+                        format!("tensor {name}: unsupported dtype {dtype_name}"),
+                    )
                 })?;
                 let shape: Vec<usize> = info["shape"]
                     .as_array()
@@ -95,10 +99,21 @@ impl SafetensorsFiles {
                 let (begin, end) = (data_start + offsets.0, data_start + offsets.1);
                 let want = shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64;
                 if end < begin || end - begin != want {
-                    return Err(bad(path, format!("tensor {name}: {} bytes for shape {shape:?} {dtype_name}", end.saturating_sub(begin))));
+                    return Err(bad(
+                        path,
+                        format!(
+                            "tensor {name}: {} bytes for shape {shape:?} {dtype_name}",
+                            end.saturating_sub(begin)
+                        ),
+                    ));
                 }
                 if end > len {
-                    return Err(bad(path, format!("tensor {name} ends at byte {end} but the file has {len} (truncated)")));
+                    return Err(bad(
+                        path,
+                        format!(
+                            "tensor {name} ends at byte {end} but the file has {len} (truncated)"
+                        ),
+                    ));
                 }
                 entries.insert(
                     name.clone(),
@@ -131,8 +146,9 @@ impl SafetensorsFiles {
             .get(name)
             .ok_or_else(|| candle_core::Error::Msg(format!("tensor {name} missing")))?;
         let (path, file) = &self.files[e.file];
-        let read_err =
-            |err: std::io::Error| candle_core::Error::Msg(bad(path, format!("reading {name}: {err}")));
+        let read_err = |err: std::io::Error| {
+            candle_core::Error::Msg(bad(path, format!("reading {name}: {err}")))
+        };
         if cfg!(target_endian = "little")
             && e.dtype == DType::F32
             && dtype == DType::F32
@@ -164,11 +180,18 @@ mod tests {
     fn reads_what_candle_wrote_and_rejects_truncation() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.safetensors");
-        let a = Tensor::arange(0f32, 12.0, &Device::Cpu).unwrap().reshape((3, 4)).unwrap();
+        let a = Tensor::arange(0f32, 12.0, &Device::Cpu)
+            .unwrap()
+            .reshape((3, 4))
+            .unwrap();
         let b = Tensor::new(&[1u8, 2, 3], &Device::Cpu).unwrap();
         let bf = a.to_dtype(DType::BF16).unwrap();
         candle_core::safetensors::save(
-            &HashMap::from([("a".to_string(), a.clone()), ("b".to_string(), b), ("bf".to_string(), bf)]),
+            &HashMap::from([
+                ("a".to_string(), a.clone()),
+                ("b".to_string(), b),
+                ("bf".to_string(), bf),
+            ]),
             &path,
         )
         .unwrap();
@@ -182,6 +205,9 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
         let err = SafetensorsFiles::open(&[path.clone()]).err().unwrap();
-        assert!(err.contains("a.safetensors") && err.contains("truncated"), "{err}");
+        assert!(
+            err.contains("a.safetensors") && err.contains("truncated"),
+            "{err}"
+        );
     }
 }

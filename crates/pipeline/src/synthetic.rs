@@ -33,7 +33,8 @@ pub const SYNTHETIC_MODELS: &[(&str, &str)] = &[
     ),
 ];
 
-const VIDEOLLAMA2_7B: &str = include_str!("../../../tests/data/configs/videollama2-7b-16f.config.json");
+const VIDEOLLAMA2_7B: &str =
+    include_str!("../../../tests/data/configs/videollama2-7b-16f.config.json");
 const VIDEOLLAMA2_1_7B: &str =
     include_str!("../../../tests/data/configs/videollama2.1-7b-16f.config.json");
 

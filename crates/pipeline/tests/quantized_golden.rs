@@ -16,7 +16,11 @@ use videollama_pipeline::{AnswerOptions, LoadOptions, MediaInput, Pipeline, Weig
 use videollama_testutil::{golden, load_tensors};
 
 fn rel_l2(got: &Tensor, want: &Tensor) -> f32 {
-    let got = got.flatten_all().unwrap().to_dtype(candle_core::DType::F32).unwrap();
+    let got = got
+        .flatten_all()
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap();
     let want = want.flatten_all().unwrap();
     let d = (&got - &want).unwrap().sqr().unwrap().sum_all().unwrap();
     let n = want.sqr().unwrap().sum_all().unwrap();
@@ -70,7 +74,10 @@ fn quantized_modes_stay_within_their_tolerance() {
             let (c, l) = errors(fixture, "video", Some(format));
             eprintln!("{fixture} {format}: connector_out {c:.2e}, logits_last {l:.2e}");
             assert!(c < tol && l < tol, "{fixture} {format}: {c} {l} > {tol}");
-            assert!(c > 1e-5 && l > 1e-5, "{fixture} {format} is not quantized at all");
+            assert!(
+                c > 1e-5 && l > 1e-5,
+                "{fixture} {format} is not quantized at all"
+            );
         }
     }
 }

@@ -301,19 +301,32 @@ fn print_report(
         println!("{}", serde_json::Value::Object(out));
         return Ok(());
     }
-    println!("cpu         {} ({})", out["cpu"].as_str().unwrap_or(""), out["kernels"].as_str().unwrap_or(""));
+    println!(
+        "cpu         {} ({})",
+        out["cpu"].as_str().unwrap_or(""),
+        out["kernels"].as_str().unwrap_or("")
+    );
     println!("mode        {}, {} threads", plan.mode, out["threads"]);
-    println!("load        {load_s:.2} s, {:.2} GB resident after load", loaded_bytes as f64 / 1e9);
+    println!(
+        "load        {load_s:.2} s, {:.2} GB resident after load",
+        loaded_bytes as f64 / 1e9
+    );
     println!("median of {} run(s):", runs.len());
     println!("  preprocess   {:>9.3} s", med.preprocess_s);
-    println!("  vision tower {:>9.3} s  ({:.1} CPU s with the connector)", med.vision_s, med.vision_cpu_s);
+    println!(
+        "  vision tower {:>9.3} s  ({:.1} CPU s with the connector)",
+        med.vision_s, med.vision_cpu_s
+    );
     println!("  connector    {:>9.3} s", med.connector_s);
     println!(
         "  prefill      {:>9.3} s  ({} prompt tokens, {:.1} tokens/s)",
         med.prefill_s, med.prompt_tokens, med.prefill_tokens_per_s
     );
     println!("  first token  {:>9.3} s", med.ttft_s);
-    println!("  decode       {:>9.2} tokens/s ({} tokens)", med.decode_tokens_per_s, med.generated_tokens);
+    println!(
+        "  decode       {:>9.2} tokens/s ({} tokens)",
+        med.decode_tokens_per_s, med.generated_tokens
+    );
     println!("peak RSS    {:.2} GB", peak as f64 / 1e9);
     Ok(())
 }
@@ -349,7 +362,11 @@ pub fn bench_pipeline(
         let answer = pipeline.answer(&[plan.question.to_string()], &encoded, &opts, |_| true)?;
         let _ = report;
         let t = &answer.timings;
-        let ttft_s = preprocess_s + encoded.vision_seconds + encoded.audio_seconds + t.prompt_s + t.prefill_s;
+        let ttft_s = preprocess_s
+            + encoded.vision_seconds
+            + encoded.audio_seconds
+            + t.prompt_s
+            + t.prefill_s;
         Ok(StageTimes {
             preprocess_s,
             vision_s,
@@ -366,7 +383,13 @@ pub fn bench_pipeline(
         })
     };
     let runs = timed_runs(plan, one)?;
-    print_report(plan, header(&plan.mode), &runs, pipeline.load_seconds, loaded_bytes)
+    print_report(
+        plan,
+        header(&plan.mode),
+        &runs,
+        pipeline.load_seconds,
+        loaded_bytes,
+    )
 }
 
 /// Bench a synthetic model: random pixels through the tower and connector, a prompt of
@@ -391,8 +414,12 @@ pub fn bench_synthetic(
         let mut prompt_s = 0.0;
         let (mut vision_s, mut connector_s) = (0.0, 0.0);
         let mut pieces = Vec::new();
-        let ids: Vec<u32> = (0..text_tokens as u32).map(|i| (i * 7919) % 1000 + 10).collect();
-        let text = model.llm.embed_tokens(&Tensor::new(ids.as_slice(), &model.device)?)?;
+        let ids: Vec<u32> = (0..text_tokens as u32)
+            .map(|i| (i * 7919) % 1000 + 10)
+            .collect();
+        let text = model
+            .llm
+            .embed_tokens(&Tensor::new(ids.as_slice(), &model.device)?)?;
         let mut vision_cpu_s = 0.0;
         if size > 0 {
             let px = Tensor::rand(-1f32, 1f32, (frames, 3, size, size), &model.device)?;

@@ -7,9 +7,9 @@ use serde_json::json;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use videollama_nn::WeightFormat;
 use videollama_pipeline::media::{MediaReport, MediaRequest};
 use videollama_pipeline::Modality;
-use videollama_nn::WeightFormat;
 use videollama_pipeline::{
     prompt, AnswerOptions, CacheStatus, ChatSession, EncodedMedia, LoadOptions, MediaInput,
     Pipeline, Visual, WeightOptions,
@@ -155,7 +155,11 @@ const BENCH_QUESTION: &str = "Describe this video in detail: which shapes, colou
 #[derive(Args)]
 struct BenchArgs {
     /// A checkpoint folder (with --video) or a GGUF language model (text only).
-    #[arg(long, required_unless_present = "synthetic", conflicts_with = "synthetic")]
+    #[arg(
+        long,
+        required_unless_present = "synthetic",
+        conflicts_with = "synthetic"
+    )]
     model: Option<PathBuf>,
     /// A random-weight model with published shapes built in memory:
     /// videollama2-7b-16f, videollama2.1-7b-16f or perf-0.5b.
@@ -219,7 +223,11 @@ fn bench(args: &BenchArgs) -> Result<()> {
     let opts = margs.load_options()?;
     let mode = format!(
         "{} {}",
-        if args.dtype.is_some() { "exact" } else { "default" },
+        if args.dtype.is_some() {
+            "exact"
+        } else {
+            "default"
+        },
         opts.weights.describe()
     );
     let (rss0, _) = crate::bench::rss_bytes();
@@ -472,7 +480,9 @@ impl ModelArgs {
         if let Some(n) = self.threads.filter(|n| *n > 0) {
             // SAFETY (edition 2021 API): called at start-up before any other thread exists.
             std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-            let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global();
         }
     }
 

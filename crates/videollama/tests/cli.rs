@@ -52,7 +52,11 @@ fn default_mode_is_quantized_and_close() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["weights"], "llm q8_0, vision q8_0");
     assert_eq!(token_ids(&json)[0], expected_ids(fixture, "video")[0]);
