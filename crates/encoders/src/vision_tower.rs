@@ -347,8 +347,10 @@ impl VisionTower {
     }
 }
 
-/// Frames per tower forward (see [`VisionTower::forward`]).
-pub const FRAMES_PER_BATCH: usize = 4;
+/// Frames per tower forward (see [`VisionTower::forward`]). Two keeps SigLIP's largest
+/// activation (`[2·729, 4304]` f32, 25 MB) under glibc's 32 MiB mmap threshold so its buffer
+/// is reused from the heap; measured against 1 and 4 frames (docs/kernels.md).
+pub const FRAMES_PER_BATCH: usize = 2;
 
 #[cfg(test)]
 mod tests {

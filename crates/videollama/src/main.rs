@@ -9,6 +9,7 @@ mod memory;
 mod quantize;
 
 fn main() -> std::process::ExitCode {
+    memory::configure_allocator();
     match cli::run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
