@@ -47,11 +47,6 @@ impl LayerDims {
     }
 }
 
-/// Apply a `Linear` to the last dim of an `[.., in]` tensor (one 2-D GEMM over all rows).
-pub(crate) fn linear_nd(l: &Linear, xs: &Tensor) -> Result<Tensor> {
-    l.forward(xs)
-}
-
 #[derive(Debug, Clone)]
 struct SelfAttention {
     q_proj: Linear,
@@ -86,12 +81,12 @@ impl SelfAttention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = split(linear_nd(&self.q_proj, xs)?)?;
-        let k = split(linear_nd(&self.k_proj, xs)?)?;
-        let v = split(linear_nd(&self.v_proj, xs)?)?;
+        let q = split(self.q_proj.forward(xs)?)?;
+        let k = split(self.k_proj.forward(xs)?)?;
+        let v = split(self.v_proj.forward(xs)?)?;
         let o = attention(&q, &k, &v, self.scale, AttentionMask::None)?;
         let o = o.transpose(1, 2)?.reshape((b, l, c))?;
-        linear_nd(&self.out_proj, &o)
+        self.out_proj.forward(&o)
     }
 }
 
@@ -122,8 +117,8 @@ impl EncoderLayer {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let h = self.self_attn.forward(&self.layer_norm1.forward(xs)?)?;
         let xs = (xs + h)?;
-        let h = linear_nd(&self.fc1, &self.layer_norm2.forward(&xs)?)?;
-        let h = linear_nd(&self.fc2, &self.act.forward(&h)?)?;
+        let h = self.fc1.forward(&self.layer_norm2.forward(&xs)?)?;
+        let h = self.fc2.forward(&self.act.forward(&h)?)?;
         xs + h
     }
 }

@@ -125,6 +125,17 @@ struct ModelArgs {
     /// written by `videollama quantize`, or a GGUF language model file (text only).
     #[arg(long)]
     model: PathBuf,
+    #[command(flatten)]
+    weights: WeightArgs,
+    /// Memory for encoded media kept for reuse (by file content, sampling and model)
+    /// across chat turns and server requests, in MiB; 0 disables the cache.
+    #[arg(long, default_value_t = 1024)]
+    encoder_cache_mb: usize,
+}
+
+/// How the weights are held and computed with; shared by every command that loads a model.
+#[derive(Args, Clone)]
+struct WeightArgs {
     /// Compute dtype. Giving it selects the exact mode: every weight dense in this dtype,
     /// no quantization unless `--quantize` is also given (f32 = the golden-exact answers).
     #[arg(long, value_enum)]
@@ -143,10 +154,6 @@ struct ModelArgs {
     /// Worker threads for the numerics (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Memory for encoded media kept for reuse (by file content, sampling and model)
-    /// across chat turns and server requests, in MiB; 0 disables the cache.
-    #[arg(long, default_value_t = 1024)]
-    encoder_cache_mb: usize,
 }
 
 /// The reference harness's question (../shared/perf/ref_bench.py), so prompts match.
@@ -191,39 +198,22 @@ struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
-    #[arg(long, value_enum)]
-    dtype: Option<DtypeArg>,
-    #[arg(long)]
-    quantize: Option<String>,
-    #[arg(long)]
-    quantize_vision: Option<String>,
-    #[arg(long)]
-    llm: Option<PathBuf>,
-    #[arg(long)]
-    threads: Option<usize>,
-}
-
-impl BenchArgs {
-    fn model_args(&self) -> ModelArgs {
-        ModelArgs {
-            model: self.model.clone().unwrap_or_default(),
-            dtype: self.dtype,
-            quantize: self.quantize.clone(),
-            quantize_vision: self.quantize_vision.clone(),
-            llm: self.llm.clone(),
-            threads: self.threads,
-            encoder_cache_mb: 0,
-        }
-    }
+    #[command(flatten)]
+    weights: WeightArgs,
 }
 
 fn bench(args: &BenchArgs) -> Result<()> {
-    let margs = args.model_args();
-    margs.apply_threads();
-    let opts = margs.load_options()?;
+    args.weights.apply_threads();
+    let opts = args.weights.load_options()?;
+    let margs = ModelArgs {
+        model: args.model.clone().unwrap_or_default(),
+        weights: args.weights.clone(),
+        // Every run must encode its media: a cache hit would time nothing.
+        encoder_cache_mb: 0,
+    };
     let mode = format!(
         "{} {}",
-        if args.dtype.is_some() {
+        if args.weights.dtype.is_some() {
             "exact"
         } else {
             "default"
@@ -474,7 +464,7 @@ fn parse_format(flag: &str, value: &str) -> Result<Option<WeightFormat>> {
         .map_err(|e| anyhow::anyhow!("{flag}: {e} or none"))
 }
 
-impl ModelArgs {
+impl WeightArgs {
     /// `--threads N` for candle's GEMMs and rayon's pool; must run before any numerics.
     pub fn apply_threads(&self) {
         if let Some(n) = self.threads.filter(|n| *n > 0) {
@@ -519,8 +509,8 @@ impl ModelArgs {
 }
 
 fn load(model: &ModelArgs) -> Result<Pipeline> {
-    model.apply_threads();
-    let opts = model.load_options()?;
+    model.weights.apply_threads();
+    let opts = model.weights.load_options()?;
     let pb = spinner(&format!("loading {}", model.model.display()));
     let pipeline = Pipeline::load(&model.model, &opts);
     pb.finish_and_clear();
