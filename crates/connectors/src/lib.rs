@@ -26,6 +26,8 @@
 
 pub mod mlp;
 pub mod projector_type;
+pub mod qformer;
+pub mod qformer_aggregator;
 pub mod regstage;
 pub mod stc;
 
@@ -35,6 +37,10 @@ use candle_nn::VarBuilder;
 pub use mlp::MlpProjector;
 pub use projector_type::{
     Aggregation, ProjectorType, UnknownProjectorType, SUPPORTED_PROJECTOR_TYPES,
+};
+pub use qformer::{ImageQFormer, QFormer, QFormerConfig};
+pub use qformer_aggregator::{
+    AggregatorKeys, PositionedQFormer, PositionedQFormerStages, VIDEO_QFORMER_LAYERS,
 };
 pub use regstage::RegStage;
 pub use stc::{StcConnector, StcLayout, StcStages};
