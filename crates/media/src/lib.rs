@@ -39,8 +39,11 @@ pub mod fbank;
 pub mod frame;
 pub mod image_file;
 pub mod image_processor;
+pub mod imagebind_audio;
+pub mod resample;
 pub mod resize;
 pub mod sampling;
+pub mod video_llama;
 
 pub use error::MediaError;
 pub use frame::RgbImage;

@@ -142,6 +142,41 @@ pub fn sample_frame_indices_fps(
         .collect())
 }
 
+/// Video-LLaMA's "uniform" frame indices (`load_video(sampling="uniform")`):
+/// `np.arange(0, vlen, vlen / n).astype(int)` with `n = min(num_frames, vlen)`, i.e.
+/// `trunc(i · step)` for `step = vlen / n` (f64) and `i < ceil(vlen / step)` (numpy's
+/// length rule, evaluated in f64). For 300 frames and n = 8: `[0, 37, 75, …, 262]`.
+///
+/// The numpy length rule can yield `n + 1` indices when `vlen / step` rounds above `n`
+/// (e.g. vlen 15, n 13 → 14 indices); they are returned as the reference would decode
+/// them. When the extra index reaches `vlen` (e.g. vlen 17, n 7 → last index 17) decord
+/// fails with an out-of-bound error; so does this function. `num_frames` that is a power
+/// of two (8, the demo's value) never hits either case. Also errors on `vlen = 0` or
+/// `num_frames = 0` (a division by zero in the reference).
+pub fn arange_truncated_indices(total_frames: usize, num_frames: usize) -> Result<Vec<usize>> {
+    if total_frames == 0 {
+        return Err(MediaError::InvalidImage("video has no frames".into()));
+    }
+    if num_frames == 0 {
+        return Err(MediaError::InvalidImage(
+            "cannot sample 0 frames (the reference divides by zero)".into(),
+        ));
+    }
+    let n = num_frames.min(total_frames);
+    let vlen = total_frames as f64;
+    let step = vlen / n as f64;
+    // numpy: length = ceil((stop - start) / step); values start + i·(step) with start = 0.
+    let len = (vlen / step).ceil() as usize;
+    let indices: Vec<usize> = (0..len).map(|i| (i as f64 * step) as usize).collect();
+    if let Some(&bad) = indices.iter().find(|&&i| i >= total_frames) {
+        return Err(MediaError::InvalidImage(format!(
+            "uniform sampling of {num_frames} frames from {total_frames} gives index {bad}, \
+             out of range (numpy arange rounding; the reference fails here too)"
+        )));
+    }
+    Ok(indices)
+}
+
 /// Keeps at most [`MAX_FRAMES`] items (the reference's final `video_data[:MAX_FRAMES]`).
 pub fn cap_to_max_frames<T>(frames: &mut Vec<T>) {
     frames.truncate(MAX_FRAMES);
@@ -256,6 +291,31 @@ mod tests {
             sample_frame_indices(60, 25.0, 4, Some(1.0), Some(2.0)).unwrap(),
             vec![27, 33, 40, 46]
         );
+    }
+
+    #[test]
+    fn arange_truncated_spec_vectors() {
+        // Spec Appendix A (Video-LLaMA, 300 frames, n = 8) and the golden clip (60 frames).
+        assert_eq!(
+            arange_truncated_indices(300, 8).unwrap(),
+            vec![0, 37, 75, 112, 150, 187, 225, 262]
+        );
+        assert_eq!(
+            arange_truncated_indices(60, 8).unwrap(),
+            vec![0, 7, 15, 22, 30, 37, 45, 52]
+        );
+        // Fewer frames than requested: every frame once.
+        assert_eq!(arange_truncated_indices(5, 8).unwrap(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(arange_truncated_indices(1, 8).unwrap(), vec![0]);
+        // numpy's length rule: 15 / (15 / 13) rounds above 13 -> 14 indices (as numpy 1.26).
+        assert_eq!(
+            arange_truncated_indices(15, 13).unwrap(),
+            vec![0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14]
+        );
+        // ... and 17 / (17 / 7) gives an 8th index equal to vlen: decord fails, so do we.
+        assert!(arange_truncated_indices(17, 7).is_err());
+        assert!(arange_truncated_indices(0, 8).is_err());
+        assert!(arange_truncated_indices(10, 0).is_err());
     }
 
     #[test]

@@ -418,6 +418,8 @@ pub fn slim_copy(m: &EncodedMedia) -> candle_core::Result<EncodedMedia> {
         vision_seconds: 0.0,
         audio_seconds: 0.0,
         intermediates: false,
+        frame_timestamps: m.frame_timestamps.clone(),
+        stage_tensors: Vec::new(),
     })
 }
 
@@ -531,6 +533,8 @@ mod tests {
             vision_seconds: 2.0,
             audio_seconds: 0.0,
             intermediates: true,
+            frame_timestamps: Vec::new(),
+            stage_tensors: Vec::new(),
         };
         Arc::new(slim_copy(&full).unwrap())
     }

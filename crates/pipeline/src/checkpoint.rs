@@ -75,6 +75,8 @@ enum Store {
     Safetensors(SafetensorsFiles),
     /// A `videollama quantize` output: HF names, dense and quantized tensors.
     Gguf(Arc<GgufFile>),
+    /// Several files, each under a model-name prefix (Video-LLaMA's `eval_config.yaml`).
+    Sources(SourceStore),
 }
 
 impl Store {
@@ -82,12 +84,22 @@ impl Store {
         match self {
             Store::Safetensors(st) => st.get(name).map(|e| e.shape.clone()),
             Store::Gguf(f) => crate::quantize::stored_shape(f, name),
+            Store::Sources(s) => s.shape(name),
+        }
+    }
+
+    /// Which file a tensor comes from, for error messages (multi-file checkpoints only).
+    fn origin(&self, name: &str) -> Option<String> {
+        match self {
+            Store::Sources(s) => s.origin(name),
+            _ => None,
         }
     }
 
     fn load(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         match self {
             Store::Safetensors(st) => st.load(name, dtype, dev),
+            Store::Sources(s) => s.load(name, dtype, dev),
             // Quantized tensors asked for here (not through `prequantized`) are dequantized.
             Store::Gguf(f) => {
                 let t = f.read_dense(name, dtype, dev)?;
@@ -97,6 +109,135 @@ impl Store {
                 }
             }
         }
+    }
+}
+
+/// One weight file of a multi-file checkpoint, as a config names it.
+#[derive(Debug, Clone)]
+pub struct WeightSource {
+    /// How the config names the file (`ckpt`, `ckpt_2`, `llama_model`, …): errors say it.
+    pub label: String,
+    /// A `.safetensors` or `.pth` file, or a Hugging Face folder (its safetensors).
+    pub path: PathBuf,
+    /// Prepended to every key of the file to give the model's tensor name
+    /// (`visual_encoder.` for a bare EVA state dict; empty for LAVIS `{"model": …}` files).
+    pub prefix: String,
+}
+
+/// The files behind one [`WeightSource`].
+enum SourceFile {
+    Safetensors(SafetensorsFiles),
+    /// Read with candle's pickle reader, which interprets the pickle opcodes that describe
+    /// tensors and never executes code from the file.
+    Pth(candle_core::pickle::PthTensors),
+}
+
+/// Several weight files under one name space. Later sources win, as in the reference,
+/// which calls `load_state_dict(…, strict=False)` file after file.
+struct SourceStore {
+    /// `(label, shown path, file)`.
+    files: Vec<(String, PathBuf, SourceFile)>,
+    /// Model name → (file index, key inside the file, shape).
+    names: HashMap<String, (usize, String, Vec<usize>)>,
+}
+
+impl SourceStore {
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.names.get(name).map(|(_, _, shape)| shape.clone())
+    }
+
+    fn origin(&self, name: &str) -> Option<String> {
+        let (file, _, _) = self.names.get(name)?;
+        let (label, path, _) = &self.files[*file];
+        Some(format!("{label} {}", path.display()))
+    }
+
+    fn load(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let (file, key, _) = self
+            .names
+            .get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("tensor {name} missing")))?;
+        let (label, path, source) = &self.files[*file];
+        match source {
+            SourceFile::Safetensors(st) => st.load(key, dtype, dev),
+            SourceFile::Pth(pth) => pth
+                .get(key)
+                .map_err(|e| {
+                    candle_core::Error::Msg(format!("{label} {}: {key}: {e}", path.display()))
+                })?
+                .ok_or_else(|| candle_core::Error::Msg(format!("tensor {name} missing")))?
+                .to_dtype(dtype)?
+                .to_device(dev),
+        }
+    }
+}
+
+/// A `.pth` file's state dict: LAVIS checkpoints wrap it as `{"model": …}`, ImageBind and
+/// EVA files are bare. A twin `<stem>.safetensors` next to it is preferred (no pickle at all).
+fn open_source_file(label: &str, path: &Path) -> Result<(PathBuf, SourceFile)> {
+    let describe = |cause: String| PipelineError::file(path, format!("{label}: {cause}"));
+    if path.is_dir() {
+        let files = find_weight_files(path)?;
+        let st = SafetensorsFiles::open(&files).map_err(describe)?;
+        return Ok((path.to_path_buf(), SourceFile::Safetensors(st)));
+    }
+    if !path.is_file() {
+        return Err(describe(
+            "missing (the config names this file; paths are relative to the config's folder)"
+                .into(),
+        ));
+    }
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if ext == "safetensors" {
+        let st = SafetensorsFiles::open(&[path.to_path_buf()]).map_err(describe)?;
+        return Ok((path.to_path_buf(), SourceFile::Safetensors(st)));
+    }
+    let twin = path.with_extension("safetensors");
+    if twin.is_file() {
+        let st = SafetensorsFiles::open(std::slice::from_ref(&twin)).map_err(|e| {
+            PipelineError::file(
+                &twin,
+                format!("{label} (safetensors twin of {}): {e}", path.display()),
+            )
+        })?;
+        return Ok((twin, SourceFile::Safetensors(st)));
+    }
+    let open = |key: Option<&str>| candle_core::pickle::PthTensors::new(path, key);
+    let pth = match open(Some("model")) {
+        Ok(p) if !p.tensor_infos().is_empty() => p,
+        _ => open(None).map_err(|e| describe(format!("not a readable PyTorch checkpoint: {e}")))?,
+    };
+    if pth.tensor_infos().is_empty() {
+        return Err(describe(
+            "no tensors found (expected a state dict, bare or under \"model\")".into(),
+        ));
+    }
+    Ok((path.to_path_buf(), SourceFile::Pth(pth)))
+}
+
+impl SourceStore {
+    fn open(sources: &[WeightSource]) -> Result<Self> {
+        let mut files = Vec::new();
+        let mut names = HashMap::new();
+        for (index, source) in sources.iter().enumerate() {
+            let (shown, file) = open_source_file(&source.label, &source.path)?;
+            let keys: Vec<(String, Vec<usize>)> = match &file {
+                SourceFile::Safetensors(st) => st
+                    .tensors()
+                    .map(|(k, e)| (k.clone(), e.shape.clone()))
+                    .collect(),
+                SourceFile::Pth(pth) => pth
+                    .tensor_infos()
+                    .iter()
+                    .map(|(k, info)| (k.clone(), info.layout.dims().to_vec()))
+                    .collect(),
+            };
+            for (key, shape) in keys {
+                names.insert(format!("{}{key}", source.prefix), (index, key, shape));
+            }
+            files.push((source.label.clone(), shown, file));
+        }
+        Ok(Self { files, names })
     }
 }
 
@@ -153,8 +294,13 @@ impl SimpleBackend for RecordingBackend {
             Some(shape) => {
                 log.used.insert(name.to_string());
                 if shape != s.dims() {
+                    let from = self
+                        .store
+                        .origin(name)
+                        .map(|o| format!(" (from {o})"))
+                        .unwrap_or_default();
                     log.mismatched.push(format!(
-                        "{name}: checkpoint has {shape:?}, model expects {:?}",
+                        "{name}{from}: checkpoint has {shape:?}, model expects {:?}",
                         s.dims()
                     ));
                     return Tensor::zeros(s, dtype, dev);
@@ -191,6 +337,8 @@ pub struct Checkpoint {
     log: Arc<Mutex<AccessLog>>,
     vb: VarBuilder<'static>,
     prequantized: Option<Arc<dyn QuantizedWeights>>,
+    /// Stored shapes by model name (multi-file checkpoints), read from the headers.
+    shapes: HashMap<String, Vec<usize>>,
 }
 
 impl Checkpoint {
@@ -235,7 +383,60 @@ impl Checkpoint {
             log,
             vb,
             prequantized: None,
+            shapes: HashMap::new(),
         })
+    }
+
+    /// A checkpoint spread over several files (Video-LLaMA's `eval_config.yaml` names an
+    /// EVA ViT file, a BLIP-2 file, two branch checkpoints, ImageBind and an LLM folder).
+    /// Model tensor names are `source.prefix + key`; a later source overrides an earlier one.
+    pub fn open_sources(
+        dir: &Path,
+        sources: &[WeightSource],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let store = SourceStore::open(sources)?;
+        let mut names: Vec<String> = store.names.keys().cloned().collect();
+        names.sort();
+        let mut dtypes = HashMap::new();
+        for (name, (file, key, _)) in &store.names {
+            let dtype = match &store.files[*file].2 {
+                SourceFile::Safetensors(st) => st.get(key).map(|e| e.dtype),
+                SourceFile::Pth(pth) => pth.tensor_infos().get(key).map(|i| i.dtype),
+            };
+            if let Some(dt) = dtype {
+                *dtypes.entry(format!("{dt:?}").to_uppercase()).or_insert(0) += 1;
+            }
+            let _ = name;
+        }
+        let files = store.files.iter().map(|(_, p, _)| p.clone()).collect();
+        let shapes = store
+            .names
+            .iter()
+            .map(|(k, (_, _, shape))| (k.clone(), shape.clone()))
+            .collect();
+        let log = Arc::new(Mutex::new(AccessLog::default()));
+        let backend = RecordingBackend {
+            store: Store::Sources(store),
+            log: log.clone(),
+        };
+        let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            files,
+            names,
+            dtypes,
+            log,
+            vb,
+            prequantized: None,
+            shapes,
+        })
+    }
+
+    /// The stored shape of a tensor of a multi-file checkpoint, without reading it.
+    pub fn stored_shape(&self, name: &str) -> Option<&[usize]> {
+        self.shapes.get(name).map(Vec::as_slice)
     }
 
     /// A `videollama quantize` folder: `file` is its `model.gguf`.
@@ -276,6 +477,7 @@ impl Checkpoint {
             log,
             vb,
             prequantized: Some(prequantized),
+            shapes: HashMap::new(),
         })
     }
 

@@ -11,6 +11,9 @@ pub struct GenerateOptions {
     pub max_new_tokens: usize,
     pub sampling: SamplingParams,
     pub eos_ids: Vec<u32>,
+    /// Multi-token stops: generation ends when the new ids end with one of them (Video-LLaMA's
+    /// `StoppingCriteriaSub`; the stop ids stay in the output, as in HF).
+    pub stop_sequences: Vec<Vec<u32>>,
     /// Keep the raw logits of every step (for `--dump-tensors`).
     pub record_logits: bool,
 }
@@ -90,7 +93,12 @@ pub fn generate_in_cache(
             stop_reason = StopReason::Cancelled;
             break;
         }
-        if opts.eos_ids.contains(&next) {
+        if opts.eos_ids.contains(&next)
+            || opts
+                .stop_sequences
+                .iter()
+                .any(|stop| !stop.is_empty() && token_ids.ends_with(stop))
+        {
             stop_reason = StopReason::Eos;
             break;
         }

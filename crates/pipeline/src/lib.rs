@@ -25,10 +25,12 @@ pub mod model;
 pub mod prompt;
 pub mod quantize;
 pub mod safetensors_files;
+pub mod sentencepiece;
 pub mod session;
 pub mod synthetic;
 pub mod text;
 pub mod tower;
+pub mod video_llama;
 
 pub use cache::{CacheStats, CacheStatus, EncoderCache};
 pub use error::{PipelineError, Result};
@@ -58,8 +60,11 @@ pub enum Visual {
 #[derive(Debug, Clone, Default)]
 pub struct MediaInput {
     pub visual: Option<Visual>,
-    /// `[frames, 128]` Kaldi fbank of the sound (a sound file, or a video's track).
+    /// `[frames, 128]` Kaldi fbank of the sound (a sound file, or a video's track); for
+    /// Video-LLaMA the ImageBind input `[clips, 1, 128, 204]`.
     pub audio_fbank: Option<Tensor>,
+    /// Sampled frame times as the prompt writes them (Video-LLaMA's timestamp message).
+    pub frame_timestamps: Vec<String>,
 }
 
 impl MediaInput {
@@ -69,19 +74,19 @@ impl MediaInput {
     pub fn video(pixels: Tensor) -> Self {
         Self {
             visual: Some(Visual::Video(pixels)),
-            audio_fbank: None,
+            ..Self::default()
         }
     }
     pub fn image(pixels: Tensor) -> Self {
         Self {
             visual: Some(Visual::Image(pixels)),
-            audio_fbank: None,
+            ..Self::default()
         }
     }
     pub fn audio(fbank: Tensor) -> Self {
         Self {
-            visual: None,
             audio_fbank: Some(fbank),
+            ..Self::default()
         }
     }
     pub fn with_audio(mut self, fbank: Option<Tensor>) -> Self {
@@ -114,6 +119,11 @@ pub struct EncodedMedia {
     /// `audio_fbank`, `audio_features`) are real. False for an encoder-cache entry, which
     /// keeps only the connector outputs (see `cache.rs`); they are empty tensors there.
     pub intermediates: bool,
+    /// Sampled frame times as the prompt writes them (Video-LLaMA).
+    pub frame_timestamps: Vec<String>,
+    /// Family-specific stage tensors under their golden names (`frame_qformer_out`, …),
+    /// for `--dump-tensors`; empty in encoder-cache entries.
+    pub stage_tensors: Vec<(String, Tensor)>,
 }
 
 impl EncodedMedia {
@@ -125,6 +135,8 @@ impl EncodedMedia {
             vision_seconds: 0.0,
             audio_seconds: 0.0,
             intermediates: true,
+            frame_timestamps: Vec::new(),
+            stage_tensors: Vec::new(),
         }
     }
     pub fn visual_tokens(&self) -> usize {
@@ -226,6 +238,8 @@ pub struct LoadOptions {
     pub weights: WeightOptions,
     /// Take the language model from this GGUF file instead of the checkpoint (`--llm`).
     pub llm_gguf: Option<PathBuf>,
+    /// Video-LLaMA folders (`eval_config.yaml`): config overrides and template choice.
+    pub video_llama: video_llama::VideoLlamaOptions,
 }
 
 impl Default for LoadOptions {
@@ -235,6 +249,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             weights: WeightOptions::default(),
             llm_gguf: None,
+            video_llama: Default::default(),
         }
     }
 }
@@ -253,6 +268,9 @@ pub struct Pipeline {
     pub model_identity: String,
     /// How the weights are held (`"dense"`, `"llm q8_0, vision q8_0"`, …), for reports.
     pub weights: String,
+    /// Video-LLaMA's encoders, Q-Formers and conversation template (`eval_config.yaml`
+    /// folders); `None` for VideoLLaMA 2 checkpoints and GGUF models.
+    pub video_llama: Option<Box<video_llama::VideoLlamaParts>>,
 }
 
 impl Pipeline {
@@ -261,6 +279,9 @@ impl Pipeline {
         // `--model FILE.gguf`: a text-only pipeline over a GGUF language model.
         if gguf::is_gguf_path(dir) {
             return Self::load_gguf(dir, opts);
+        }
+        if let Some(config) = video_llama::config_path(dir) {
+            return Self::load_video_llama(&config, opts, start);
         }
         if !dir.is_dir() {
             return Err(PipelineError::MissingModelDir(dir.to_path_buf()));
@@ -301,11 +322,61 @@ impl Pipeline {
             encoder_cache: EncoderCache::default(),
             model_identity: cache::model_identity(dir, opts),
             weights: opts.weights.describe(),
+            video_llama: None,
         })
+    }
+
+    /// A Video-LLaMA folder: `eval_config.yaml` and the files it names.
+    fn load_video_llama(config: &Path, opts: &LoadOptions, start: Instant) -> Result<Self> {
+        if opts.llm_gguf.is_some() {
+            return Err(PipelineError::Invalid(
+                "--llm replaces a VideoLLaMA 2 checkpoint's language model; Video-LLaMA \
+                 folders name theirs in eval_config.yaml (llama_model)"
+                    .into(),
+            ));
+        }
+        let loaded = video_llama::load(config, opts, &opts.video_llama)?;
+        let dir = config.parent().unwrap_or(Path::new(".")).to_path_buf();
+        // Video-LLaMA's prompts come from `conversation.rs`, not a Jinja chat template.
+        let template = prompt::ChatTemplate::new("", Some("<s>".into()), Some("</s>".into()))?;
+        let mut identity_opts = opts.clone();
+        identity_opts.video_llama.conv_template = Some(loaded.parts.template);
+        Ok(Self {
+            model_identity: format!(
+                "{} {:?}",
+                cache::model_identity(&dir, opts),
+                opts.video_llama.config_options
+            ),
+            dir,
+            model: loaded.model,
+            tokenizer: loaded.tokenizer,
+            template,
+            generation_config: loaded.generation_config,
+            load_seconds: start.elapsed().as_secs_f64(),
+            encoder_cache: EncoderCache::default(),
+            weights: opts.weights.describe(),
+            video_llama: Some(Box::new(loaded.parts)),
+        })
+    }
+
+    /// Can this model look at images and videos?
+    pub fn has_vision(&self) -> bool {
+        self.video_llama.is_some() || self.model.visual.is_some()
+    }
+
+    /// Can this model listen (an audio tower / audio branch)?
+    pub fn has_audio(&self) -> bool {
+        match &self.video_llama {
+            Some(vl) => vl.audio.is_some(),
+            None => self.model.audio.is_some(),
+        }
     }
 
     /// Run the encoders and connectors once for this media.
     pub fn encode_media(&self, media: &MediaInput) -> Result<EncodedMedia> {
+        if let Some(vl) = &self.video_llama {
+            return self.encode_media_video_llama(vl, media);
+        }
         let start = Instant::now();
         let (modality, visual) = match &media.visual {
             None => (
@@ -342,7 +413,79 @@ impl Pipeline {
             vision_seconds,
             audio_seconds: start.elapsed().as_secs_f64(),
             intermediates: true,
+            frame_timestamps: media.frame_timestamps.clone(),
+            stage_tensors: Vec::new(),
         })
+    }
+
+    fn encode_media_video_llama(
+        &self,
+        vl: &video_llama::VideoLlamaParts,
+        media: &MediaInput,
+    ) -> Result<EncodedMedia> {
+        let (dtype, dev) = (self.model.dtype, &self.model.device);
+        let mut stage_tensors = Vec::new();
+        let start = Instant::now();
+        let (modality, visual) = match &media.visual {
+            None => (
+                if media.audio_fbank.is_some() {
+                    Modality::Audio
+                } else {
+                    Modality::Text
+                },
+                None,
+            ),
+            Some(v) => {
+                let (modality, px) = match v {
+                    Visual::Video(px) => (Modality::Video, px),
+                    Visual::Image(px) => (Modality::Image, px),
+                };
+                let (enc, named) = vl.encode_visual(px, dtype, dev)?;
+                stage_tensors.extend(named);
+                (modality, Some(enc))
+            }
+        };
+        if modality == Modality::Image && media.audio_fbank.is_some() {
+            return Err(PipelineError::Invalid(
+                "audio can accompany a video, not an image".into(),
+            ));
+        }
+        let vision_seconds = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let audio = match &media.audio_fbank {
+            None => None,
+            Some(mel) => {
+                let (enc, named) = vl.encode_audio(mel, dtype, dev)?;
+                stage_tensors.extend(named);
+                Some(enc)
+            }
+        };
+        Ok(EncodedMedia {
+            modality,
+            visual,
+            audio,
+            vision_seconds,
+            audio_seconds: start.elapsed().as_secs_f64(),
+            intermediates: true,
+            frame_timestamps: media.frame_timestamps.clone(),
+            stage_tensors,
+        })
+    }
+
+    /// The media blocks in the order the prompt's placeholders expect them.
+    fn media_blocks(&self, media: &EncodedMedia) -> Result<Vec<Tensor>> {
+        if self.video_llama.is_none() {
+            return Ok(media.block()?.into_iter().collect());
+        }
+        // Video-LLaMA: one block per `<ImageHere>`, audio first (`Chat.upload_video`).
+        let mut blocks = Vec::new();
+        if let Some(a) = &media.audio {
+            blocks.push(a.audio_connector_out.clone());
+        }
+        if let Some(v) = &media.visual {
+            blocks.push(v.connector_out.clone());
+        }
+        Ok(blocks)
     }
 
     /// Ids that end generation: generation_config's eos list plus the tokenizer's
@@ -363,6 +506,39 @@ impl Pipeline {
 
     /// Render the conversation and tokenize it the way `mm_infer` does.
     pub fn build_prompt(&self, turns: &[String], modality: Modality) -> Result<(String, Vec<i64>)> {
+        if let Some(vl) = &self.video_llama {
+            let turn = match modality {
+                Modality::Text => video_llama::MediaTurn::None,
+                Modality::Image => video_llama::MediaTurn::Image,
+                Modality::Audio => video_llama::MediaTurn::Audio,
+                Modality::Video => video_llama::MediaTurn::Video {
+                    timestamp_message: String::new(),
+                },
+            };
+            return video_llama::prompt_ids(vl, &self.tokenizer, &turn, turns);
+        }
+        self.build_prompt_videollama2(turns, modality)
+    }
+
+    /// [`Self::build_prompt`] for the media of this request (Video-LLaMA's user turn depends
+    /// on the sound and the frame times, not only on the modality).
+    pub fn build_prompt_for(
+        &self,
+        turns: &[String],
+        media: &EncodedMedia,
+    ) -> Result<(String, Vec<i64>)> {
+        if let Some(vl) = &self.video_llama {
+            let turn = video_llama::media_turn(media);
+            return video_llama::prompt_ids(vl, &self.tokenizer, &turn, turns);
+        }
+        self.build_prompt_videollama2(turns, media.modality)
+    }
+
+    fn build_prompt_videollama2(
+        &self,
+        turns: &[String],
+        modality: Modality,
+    ) -> Result<(String, Vec<i64>)> {
         let system = if self.model.config.system_message {
             Some(prompt::MISTRAL_SYSTEM_MESSAGE)
         } else {
@@ -407,9 +583,35 @@ impl Pipeline {
             ));
         }
         let start = Instant::now();
-        let (prompt_text, input_ids) = self.build_prompt(turns, media.modality)?;
-        let media_blocks: Vec<Tensor> = media.block()?.into_iter().collect();
-        let inputs_embeds = self.model.splice(&input_ids, &media_blocks)?;
+        let (prompt_text, input_ids) = self.build_prompt_for(turns, media)?;
+        let media_blocks = self.media_blocks(media)?;
+        let mut inputs_embeds = self.model.splice(&input_ids, &media_blocks)?;
+        let mut session = session;
+        if let Some(vl) = &self.video_llama {
+            // `Chat.answer(max_length=2000)`: keep the last max_length − max_new_tokens
+            // embeddings (the reference warns and cuts the start of the conversation).
+            let len = inputs_embeds.dim(0)?;
+            let begin = (len + opts.max_new_tokens).saturating_sub(vl.max_length);
+            if begin > 0 {
+                if begin >= len {
+                    return Err(PipelineError::PromptTooLong {
+                        tokens: len,
+                        visual: media.media_tokens(),
+                        new: opts.max_new_tokens,
+                        context: vl.max_length,
+                    });
+                }
+                tracing::warn!(
+                    dropped = begin,
+                    "the conversation exceeds Video-LLaMA's max length of {}: the model will \
+                     not see its first {begin} positions",
+                    vl.max_length
+                );
+                inputs_embeds = inputs_embeds.narrow(0, begin, len - begin)?;
+                // A cut prompt no longer extends the session's cached prefix.
+                session = None;
+            }
+        }
         let prompt_tokens = inputs_embeds.dim(0)?;
         let visual_tokens = media.visual_tokens();
         let media_tokens = media.media_tokens();
@@ -436,12 +638,21 @@ impl Pipeline {
             max_new_tokens: opts.max_new_tokens,
             sampling,
             eos_ids: self.eos_ids(),
+            stop_sequences: self
+                .video_llama
+                .as_ref()
+                .map(|vl| vl.template.stop_sequences())
+                .unwrap_or_default(),
             record_logits: opts.collect_tensors,
         };
         let mut stream = text::StreamDecoder::new(&self.tokenizer);
         let mut stream_error = None;
         let mut cancelled_by_sink = false;
+        // Video-LLaMA's answer is cleaned after generation (stop signs cut, `Chat.answer`), so
+        // it is handed to `on_text` once, whole, instead of piece by piece.
+        let stream_pieces = self.video_llama.is_none();
         let on_token = |id| match stream.push(id) {
+            Ok(_) if !stream_pieces => true,
             Ok(Some(piece)) => {
                 let keep_going = on_text(&piece);
                 cancelled_by_sink |= !keep_going;
@@ -468,15 +679,22 @@ impl Pipeline {
         if let Some(e) = stream_error {
             tracing::warn!("streaming decode: {e}");
         }
-        if !cancelled_by_sink {
+        if !cancelled_by_sink && stream_pieces {
             if let Some(rest) = stream.finish()? {
                 on_text(&rest);
             }
         }
-        let answer = text::TextDecoder::new(&self.tokenizer)
-            .decode(&generation.token_ids)?
-            .trim()
-            .to_string();
+        let answer = match &self.video_llama {
+            Some(vl) => {
+                let text = vl.answer_text(&self.tokenizer, &generation.token_ids)?;
+                on_text(&text);
+                text
+            }
+            None => text::TextDecoder::new(&self.tokenizer)
+                .decode(&generation.token_ids)?
+                .trim()
+                .to_string(),
+        };
         let n_new = generation.token_ids.len();
         let timings = Timings {
             preprocess_s: 0.0,
@@ -493,6 +711,11 @@ impl Pipeline {
             },
         };
         let mut tensors = HashMap::new();
+        if opts.collect_tensors && self.video_llama.is_some() {
+            for (name, t) in &media.stage_tensors {
+                tensors.insert(name.clone(), t.to_dtype(DType::F32)?);
+            }
+        }
         if opts.collect_tensors {
             let dev = &Device::Cpu;
             if let Some(a) = &media.audio {
@@ -523,9 +746,18 @@ impl Pipeline {
                     v.connector_out.to_dtype(DType::F32)?,
                 );
             }
+            let dumped_ids = match &self.video_llama {
+                // The fixture's map of the sequence: `<ImageHere>`'s id once per media token.
+                Some(vl) => video_llama::expand_placeholders(
+                    &input_ids,
+                    &media_blocks,
+                    vl.image_patch_token_id,
+                )?,
+                None => input_ids.clone(),
+            };
             tensors.insert(
                 "input_ids".to_string(),
-                Tensor::new(input_ids.as_slice(), dev)?,
+                Tensor::new(dumped_ids.as_slice(), dev)?,
             );
             tensors.insert(
                 "inputs_embeds".to_string(),

@@ -116,6 +116,9 @@ impl Pipeline {
 
     /// Decode and preprocess the request's media files into model inputs.
     pub fn prepare_media(&self, req: &MediaRequest) -> Result<(MediaInput, MediaReport)> {
+        if let Some(vl) = &self.video_llama {
+            return crate::video_llama::media::prepare(vl, req);
+        }
         let start = Instant::now();
         let mut report = MediaReport::default();
         let crop = req

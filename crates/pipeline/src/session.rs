@@ -238,6 +238,7 @@ mod tests {
             .build_prompt(&["What is in the video?".into()], media.modality)
             .unwrap();
         let opts = GenerateOptions {
+            stop_sequences: Vec::new(),
             max_new_tokens: 5,
             sampling: Default::default(),
             eos_ids: Vec::new(),

@@ -267,6 +267,7 @@ fn gguf_model_file_is_a_text_pipeline() {
         &ckpt.model.llm,
         &embeds,
         &GenerateOptions {
+            stop_sequences: Vec::new(),
             max_new_tokens: 8,
             sampling: videollama_llm::SamplingParams::greedy(),
             eos_ids: p.eos_ids(),

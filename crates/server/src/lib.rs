@@ -316,12 +316,12 @@ async fn method_not_allowed(req: Request) -> ApiError {
 }
 
 fn model_card(state: &AppState) -> serde_json::Value {
-    let m = &state.pipeline.model;
+    let p = &state.pipeline;
     let mut modalities = vec!["text"];
-    if m.visual.is_some() {
+    if p.has_vision() {
         modalities.extend(["image", "video"]);
     }
-    if m.audio.is_some() {
+    if p.has_audio() {
         modalities.push("audio");
     }
     json!({
@@ -492,14 +492,14 @@ fn prepare(body: &[u8], state: &AppState) -> Result<Prepared, ApiError> {
         context: state.context_length(),
     };
     let mut request = api::parse_chat_request(body, &ctx)?;
-    let m = &state.pipeline.model;
-    if (request.video.is_some() || request.image.is_some()) && m.visual.is_none() {
+    let p = &state.pipeline;
+    if (request.video.is_some() || request.image.is_some()) && !p.has_vision() {
         return Err(ApiError::bad_request(
             "this model has no vision tower: it cannot look at images or videos",
         )
         .param("messages"));
     }
-    if request.audio.is_some() && m.audio.is_none() {
+    if request.audio.is_some() && !p.has_audio() {
         return Err(ApiError::bad_request(
             "this model has no audio tower: it cannot listen to audio",
         )

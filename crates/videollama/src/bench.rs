@@ -443,6 +443,7 @@ pub fn bench_synthetic(
             &model.llm,
             &embeds,
             &GenerateOptions {
+                stop_sequences: Vec::new(),
                 max_new_tokens: plan.max_new_tokens,
                 sampling: Default::default(),
                 eos_ids: Vec::new(),

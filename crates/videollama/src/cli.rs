@@ -100,15 +100,18 @@ enum Command {
     Quantize(crate::quantize::QuantizeArgs),
     /// Describe a checkpoint: architecture, parameter counts, tokens per input.
     Inspect {
-        /// Checkpoint folder (reads its config.json).
+        /// Checkpoint folder (reads its config.json, or a Video-LLaMA eval_config.yaml and
+        /// the headers of the files it names).
         #[arg(long, conflicts_with = "config", required_unless_present = "config")]
         model: Option<PathBuf>,
-        /// A config.json on its own (no weights needed).
+        /// A config.json on its own (no weights needed), or a Video-LLaMA eval_config.yaml.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        video_llama: VideoLlamaArgs,
     },
 }
 
@@ -131,6 +134,37 @@ struct ModelArgs {
     /// across chat turns and server requests, in MiB; 0 disables the cache.
     #[arg(long, default_value_t = 1024)]
     encoder_cache_mb: usize,
+    #[command(flatten)]
+    video_llama: VideoLlamaArgs,
+}
+
+/// Options of Video-LLaMA folders (`eval_config.yaml`); ignored by other models.
+#[derive(Args, Clone, Default)]
+struct VideoLlamaArgs {
+    /// Override an eval_config.yaml entry, as the reference demo's --options does
+    /// (repeatable): e.g. `--options model.vit_num_heads=4`.
+    #[arg(long = "options", value_name = "KEY=VALUE")]
+    config_options: Vec<String>,
+    /// Conversation template: vicuna or llama_2 (default: from eval_config.yaml's
+    /// model_type, as the demo's --model_type).
+    #[arg(long)]
+    conv_template: Option<String>,
+}
+
+impl VideoLlamaArgs {
+    fn options(&self) -> Result<videollama_pipeline::video_llama::VideoLlamaOptions> {
+        Ok(videollama_pipeline::video_llama::VideoLlamaOptions {
+            config_options: self.config_options.clone(),
+            conv_template: self
+                .conv_template
+                .as_deref()
+                .map(|t| {
+                    t.parse()
+                        .map_err(|e: String| anyhow::anyhow!("--conv-template: {e}"))
+                })
+                .transpose()?,
+        })
+    }
 }
 
 /// How the weights are held and computed with; shared by every command that loads a model.
@@ -210,6 +244,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         weights: args.weights.clone(),
         // Every run must encode its media: a cache hit would time nothing.
         encoder_cache_mb: 0,
+        video_llama: VideoLlamaArgs::default(),
     };
     let mode = format!(
         "{} {}",
@@ -416,7 +451,15 @@ pub fn run() -> Result<()> {
             model,
             config,
             json,
+            video_llama,
         } => {
+            let yaml = model
+                .as_deref()
+                .or(config.as_deref())
+                .and_then(videollama_pipeline::video_llama::config_path);
+            if let Some(yaml) = yaml {
+                return inspect_video_llama(&yaml, &video_llama.config_options, json);
+            }
             let config = match (model, config) {
                 (Some(dir), _) => dir.join("config.json"),
                 (None, Some(cfg)) => cfg,
@@ -504,13 +547,15 @@ impl WeightArgs {
                 prequantized: None,
             },
             llm_gguf: self.llm.clone(),
+            video_llama: Default::default(),
         })
     }
 }
 
 fn load(model: &ModelArgs) -> Result<Pipeline> {
     model.weights.apply_threads();
-    let opts = model.weights.load_options()?;
+    let mut opts = model.weights.load_options()?;
+    opts.video_llama = model.video_llama.options()?;
     let pb = spinner(&format!("loading {}", model.model.display()));
     let pipeline = Pipeline::load(&model.model, &opts);
     pb.finish_and_clear();
@@ -778,6 +823,12 @@ fn inspect(config: &Path, as_json: bool) -> Result<()> {
         );
         println!("connector       {}", v.projector_type);
     }
+    if let Some(n) = report.tokens.audio {
+        println!(
+            "audio tower     BEATs ({} params), projector {} params: {n} audio tokens",
+            p.audio_tower, p.audio_projector
+        );
+    }
     println!("frames          {}", report.num_frames);
     let b = |n: u64| format!("{:.4} B ({n})", n as f64 / 1e9);
     println!("parameters      total {}", b(p.total));
@@ -787,11 +838,81 @@ fn inspect(config: &Path, as_json: bool) -> Result<()> {
         b(p.vision_tower),
         b(p.connector)
     );
+    if p.audio_tower + p.audio_projector > 0 {
+        println!(
+            "                audio tower {}, audio projector {}",
+            b(p.audio_tower),
+            b(p.audio_projector)
+        );
+    }
     if let Some(n) = report.tokens.video {
         println!(
             "tokens          video ({} frames) {n}, image {n}, text 0",
             report.num_frames
         );
     }
+    Ok(())
+}
+
+fn inspect_video_llama(config: &Path, options: &[String], as_json: bool) -> Result<()> {
+    let r = videollama_pipeline::video_llama::inspect::inspect(config, options)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    let b = |n: u64| format!("{:.4} B ({n})", n as f64 / 1e9);
+    println!(
+        "model           Video-LLaMA ({}), template {}",
+        r.model_type, r.conv_template
+    );
+    println!(
+        "language model  {:?}: {} layers, hidden {}, {} heads / {} kv heads, MLP {}, vocab {}",
+        r.llm.family,
+        r.llm.layers,
+        r.llm.hidden_size,
+        r.llm.attention_heads,
+        r.llm.kv_heads,
+        r.llm.intermediate_size,
+        r.llm.vocab_size
+    );
+    println!("vision encoder  {}", r.vision_encoder);
+    println!("image Q-Former  {}", r.image_qformer);
+    println!("video Q-Former  {}", r.video_qformer);
+    match (&r.audio_encoder, &r.audio_qformer) {
+        (Some(enc), Some(q)) => {
+            println!("audio encoder   {enc}");
+            println!("audio Q-Former  {q}");
+        }
+        _ => println!("audio branch    none"),
+    }
+    println!(
+        "frames          {} per video (at most {}: the frame position table)",
+        r.frames_per_video, r.max_frames
+    );
+    let p = &r.parameters;
+    println!("parameters      total {}", b(p.total));
+    println!(
+        "                llm {}, vision encoder {}, image Q-Former {}, video Q-Former {}",
+        b(p.llm),
+        b(p.vision_encoder),
+        b(p.image_qformer),
+        b(p.video_qformer)
+    );
+    if p.audio_encoder + p.audio_qformer > 0 {
+        println!(
+            "                audio encoder {}, audio Q-Former {}",
+            b(p.audio_encoder),
+            b(p.audio_qformer)
+        );
+    }
+    println!(
+        "tokens          video {}, image {}, audio {}",
+        r.tokens.video.unwrap_or(0),
+        r.tokens.image.unwrap_or(0),
+        r.tokens
+            .audio
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "-".into())
+    );
     Ok(())
 }

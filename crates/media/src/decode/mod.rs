@@ -82,7 +82,7 @@ mod video;
 
 pub use audio::{decode_audio, decode_audio_16k_mono, TARGET_SAMPLE_RATE};
 pub use error::DecodeError;
-pub use video::{decode_frames, probe, DecodeStats, VideoInfo, VideoReader};
+pub use video::{decode_frames, decode_frames_resized, probe, DecodeStats, VideoInfo, VideoReader};
 
 /// Largest accepted picture width or height, in pixels.
 pub const MAX_DIMENSION: u32 = 16384;

@@ -144,6 +144,26 @@ pub fn decode_frames(
     VideoReader::open(path)?.decode(indices)
 }
 
+/// Decodes the frames at `indices` like [`decode_frames`], but scaled to `width × height`
+/// by FFmpeg's scaler while converting to RGB24, as decord's
+/// `VideoReader(path, width=W, height=H)` does (no aspect preservation).
+///
+/// decord builds the filter graph `[transpose=…,]scale=W:H` ending in an `rgb24`
+/// buffersink, so the scale filter does the resize *and* the YUV→RGB conversion in one
+/// swscale step with the filter's default flags (`SWS_BILINEAR`); this is what
+/// `RgbConverter` sets up when given a target size. Rotated videos are transposed in
+/// their native pixel format first (plane by plane, like the `transpose` filter), then
+/// scaled, so `width × height` is the size of the *output*. Bit-exact against decord
+/// 0.6.0 on the Video-LLaMA fixture (`tests/golden_video_llama.rs`).
+pub fn decode_frames_resized(
+    path: impl AsRef<Path>,
+    indices: &[usize],
+    width: u32,
+    height: u32,
+) -> Result<Vec<RgbImage>, DecodeError> {
+    VideoReader::open(path)?.decode_resized(indices, width, height)
+}
+
 impl VideoReader {
     /// Opens and indexes `path` (one demux-only pass over the file).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, DecodeError> {
@@ -287,6 +307,34 @@ impl VideoReader {
         &self,
         indices: &[usize],
     ) -> Result<(Vec<RgbImage>, DecodeStats), DecodeError> {
+        self.decode_impl(indices, None)
+    }
+
+    /// See [`decode_frames_resized`]. `width` and `height` must be
+    /// `1..=`[`MAX_DIMENSION`].
+    pub fn decode_resized(
+        &self,
+        indices: &[usize],
+        width: u32,
+        height: u32,
+    ) -> Result<Vec<RgbImage>, DecodeError> {
+        if width == 0 || height == 0 || width > MAX_DIMENSION || height > MAX_DIMENSION {
+            return Err(DecodeError::Dimensions {
+                path: self.path.clone(),
+                width,
+                height,
+            });
+        }
+        Ok(self.decode_impl(indices, Some((width, height)))?.0)
+    }
+
+    /// Shared body of [`VideoReader::decode_with_stats`] (native size, `size = None`) and
+    /// [`VideoReader::decode_resized`].
+    fn decode_impl(
+        &self,
+        indices: &[usize],
+        size: Option<(u32, u32)>,
+    ) -> Result<(Vec<RgbImage>, DecodeStats), DecodeError> {
         let n = self.info.frame_count;
         if let Some(&bad) = indices.iter().find(|&&i| i >= n) {
             return Err(DecodeError::IndexOutOfRange {
@@ -302,7 +350,7 @@ impl VideoReader {
         let mut wanted: Vec<usize> = indices.to_vec();
         wanted.sort_unstable();
         wanted.dedup();
-        let images = self.decode_sorted_unique(&wanted, &mut stats)?;
+        let images = self.decode_sorted_unique(&wanted, &mut stats, size)?;
         let frames = indices
             .iter()
             .map(|i| {
@@ -333,12 +381,17 @@ impl VideoReader {
         &self,
         wanted: &[usize],
         stats: &mut DecodeStats,
+        size: Option<(u32, u32)>,
     ) -> Result<Vec<RgbImage>, DecodeError> {
         let path = self.path.as_path();
         let idx = &self.index;
         let mut out: Vec<Option<RgbImage>> = vec![None; wanted.len()];
         let mut session = self.open_session(stats)?;
-        let mut converter = RgbConverter::new();
+        let mut converter = match size {
+            None => RgbConverter::new(),
+            // Rotation happens before the scaler in this mode (see `decode_frames_resized`).
+            Some((w, h)) => RgbConverter::resizing(w, h, self.info.rotation_degrees),
+        };
         // Position of the next frame the decoder will output, when known.
         let mut next_pos: Option<usize> = Some(0);
         // Frames output since the session was (re)opened (untimed mode).
@@ -425,7 +478,11 @@ impl VideoReader {
                             }
                         })?;
                 stats.frames_converted += 1;
-                let img = rotate(img, self.info.rotation_degrees);
+                let img = if converter.rotates() {
+                    img
+                } else {
+                    rotate(img, self.info.rotation_degrees)
+                };
                 // This frame also stands for any later target that it covers (a target
                 // whose own frame the decoder did not output).
                 let mut j = w;
@@ -668,6 +725,96 @@ fn atof(s: &str) -> f64 {
     best
 }
 
+/// Rotates a decoded picture clockwise by 90, 180 or 270 degrees in its own pixel format,
+/// plane by plane, as decord's `transpose=1` (90), `transpose=1,transpose=1` (180) and
+/// `transpose=2` (270) filters do before their `scale` filter. Like the `transpose`
+/// filter, this needs a format whose chroma is subsampled equally in both directions
+/// (4:2:0, 4:4:4, gray, packed RGB, NV12, ...); others are reported as unsupported.
+/// Returns a newly allocated frame (the caller frees it).
+unsafe fn rotate_planes(
+    src: *const ffi::AVFrame,
+    degrees: u32,
+) -> Result<*mut ffi::AVFrame, ConvertError> {
+    unsafe {
+        let (fmt, w, h) = ((*src).format, (*src).width, (*src).height);
+        if w <= 0 || h <= 0 || w as u32 > MAX_DIMENSION || h as u32 > MAX_DIMENSION {
+            return Err(ConvertError::Dimensions(w.max(0) as u32, h.max(0) as u32));
+        }
+        if fmt < 0 || fmt >= ffi::AVPixelFormat::AV_PIX_FMT_NB as i32 {
+            return Err(ConvertError::Unsupported(format!(
+                "decoder produced an unknown pixel format ({fmt})"
+            )));
+        }
+        let pix: ffi::AVPixelFormat = std::mem::transmute::<i32, ffi::AVPixelFormat>(fmt);
+        let desc = ffi::av_pix_fmt_desc_get(pix);
+        if desc.is_null() {
+            return Err(ConvertError::Unsupported(format!(
+                "pixel format #{fmt} has no descriptor"
+            )));
+        }
+        let bad_flags = (ffi::AV_PIX_FMT_FLAG_PAL
+            | ffi::AV_PIX_FMT_FLAG_BITSTREAM
+            | ffi::AV_PIX_FMT_FLAG_HWACCEL) as u64;
+        if (*desc).flags & bad_flags != 0 || (*desc).log2_chroma_w != (*desc).log2_chroma_h {
+            let name = std::ffi::CStr::from_ptr((*desc).name).to_string_lossy();
+            return Err(ConvertError::Unsupported(format!(
+                "pixel format {name} cannot be rotated before scaling"
+            )));
+        }
+        // Bytes between horizontally adjacent pixels, per plane (0 = unused plane).
+        let mut step = [0usize; 4];
+        for c in 0..((*desc).nb_components as usize).min(4) {
+            let comp = (*desc).comp[c];
+            if (0..4).contains(&comp.plane) && comp.step > 0 {
+                let p = comp.plane as usize;
+                step[p] = step[p].max(comp.step as usize);
+            }
+        }
+        let (ow, oh) = if degrees == 180 { (w, h) } else { (h, w) };
+        let mut out = ffi::av_frame_alloc();
+        if out.is_null() {
+            return Err(ConvertError::Ffmpeg("av_frame_alloc failed".into()));
+        }
+        (*out).format = fmt;
+        (*out).width = ow;
+        (*out).height = oh;
+        let ret = ffi::av_frame_get_buffer(out, 0);
+        if ret < 0 {
+            ffi::av_frame_free(&mut out);
+            return Err(ConvertError::Ffmpeg(format!(
+                "cannot allocate a {ow}x{oh} frame for rotation: {}",
+                ffmpeg::Error::from(ret)
+            )));
+        }
+        let sub = (*desc).log2_chroma_w as i32;
+        for (p, &ps) in step.iter().enumerate() {
+            if ps == 0 || (*src).data[p].is_null() || (*out).data[p].is_null() {
+                continue;
+            }
+            // FFmpeg convention: planes 1 and 2 carry the subsampled chroma.
+            let shift = if p == 1 || p == 2 { sub } else { 0 };
+            let pw = ((w + (1 << shift) - 1) >> shift) as usize;
+            let ph = ((h + (1 << shift) - 1) >> shift) as usize;
+            let (sls, dls) = ((*src).linesize[p] as isize, (*out).linesize[p] as isize);
+            let (sp, dp) = ((*src).data[p] as *const u8, (*out).data[p]);
+            let (opw, oph) = if degrees == 180 { (pw, ph) } else { (ph, pw) };
+            for y in 0..oph {
+                let drow = dp.offset(y as isize * dls);
+                for x in 0..opw {
+                    let (sx, sy) = match degrees {
+                        90 => (y, ph - 1 - x),
+                        180 => (pw - 1 - x, ph - 1 - y),
+                        _ => (pw - 1 - y, x),
+                    };
+                    let s = sp.offset(sy as isize * sls + (sx * ps) as isize);
+                    ptr::copy_nonoverlapping(s, drow.add(x * ps), ps);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Rotates an image clockwise by 90, 180 or 270 degrees (other values: unchanged).
 ///
 /// decord rotates with FFmpeg's `transpose` filter *before* the RGB conversion; for 4:2:0
@@ -719,10 +866,20 @@ enum ConvertError {
 /// * output into a padded, aligned frame (`av_frame_get_buffer`), because swscale's SIMD
 ///   fast path converts whole 8-pixel blocks and skips the row tail when the stride has
 ///   no room for it.
+///
+/// With a target size ([`RgbConverter::resizing`]) the same single swscale context also
+/// scales (decord's `scale=W:H` with `W×H` ≠ the native size), and a rotation is applied
+/// to the decoded picture *before* it (decord's `transpose` filters precede `scale`).
 struct RgbConverter {
     sws: *mut ffi::SwsContext,
     key: (i32, i32, i32),
     out: *mut ffi::AVFrame,
+    /// Output size; `None` = the (unrotated) input size.
+    target: Option<(i32, i32)>,
+    /// Clockwise rotation applied to the planes before scaling (resizing mode only).
+    pre_rotation: u32,
+    /// Holds the rotated planes (resizing mode with a rotation only).
+    rotated: *mut ffi::AVFrame,
 }
 
 impl RgbConverter {
@@ -731,7 +888,29 @@ impl RgbConverter {
             sws: ptr::null_mut(),
             key: (-1, 0, 0),
             out: ptr::null_mut(),
+            target: None,
+            pre_rotation: 0,
+            rotated: ptr::null_mut(),
         }
+    }
+
+    /// Converts and scales to `width × height`, rotating by `rotation` degrees clockwise
+    /// (0, 90, 180, 270) first. Sizes are validated by the caller.
+    fn resizing(width: u32, height: u32, rotation: u32) -> Self {
+        Self {
+            target: Some((width as i32, height as i32)),
+            pre_rotation: if matches!(rotation, 90 | 180 | 270) {
+                rotation
+            } else {
+                0
+            },
+            ..Self::new()
+        }
+    }
+
+    /// True when the output is already rotated (the caller must not rotate it again).
+    fn rotates(&self) -> bool {
+        self.target.is_some()
     }
 
     fn release(&mut self) {
@@ -743,11 +922,34 @@ impl RgbConverter {
             if !self.out.is_null() {
                 ffi::av_frame_free(&mut self.out);
             }
+            if !self.rotated.is_null() {
+                ffi::av_frame_free(&mut self.rotated);
+            }
         }
         self.key = (-1, 0, 0);
     }
 
     fn convert(&mut self, src: *const ffi::AVFrame) -> Result<RgbImage, ConvertError> {
+        unsafe {
+            if self.pre_rotation != 0 {
+                // Rotate the planes in the decoded format, then convert + scale that.
+                if !self.rotated.is_null() {
+                    ffi::av_frame_free(&mut self.rotated);
+                }
+                self.rotated = rotate_planes(src, self.pre_rotation)?;
+                let rotated = self.rotated;
+                return self.convert_unrotated(rotated, src);
+            }
+            self.convert_unrotated(src, src)
+        }
+    }
+
+    /// Converts `src` (whose colour tags are read from `tags`) to RGB24 at the target size.
+    unsafe fn convert_unrotated(
+        &mut self,
+        src: *const ffi::AVFrame,
+        tags: *const ffi::AVFrame,
+    ) -> Result<RgbImage, ConvertError> {
         unsafe {
             let (fmt, w, h) = ((*src).format, (*src).width, (*src).height);
             if w <= 0 || h <= 0 || w as u32 > MAX_DIMENSION || h as u32 > MAX_DIMENSION {
@@ -773,14 +975,15 @@ impl RgbConverter {
                     "pixel format {name} cannot be converted to RGB"
                 )));
             }
+            let (ow, oh) = self.target.unwrap_or((w, h));
             if self.key != (fmt, w, h) {
-                self.release();
+                self.release_sws();
                 self.sws = ffi::sws_getContext(
                     w,
                     h,
                     pix,
-                    w,
-                    h,
+                    ow,
+                    oh,
                     ffi::AVPixelFormat::AV_PIX_FMT_RGB24,
                     ffi::SWS_BILINEAR,
                     ptr::null_mut(),
@@ -792,25 +995,25 @@ impl RgbConverter {
                 }
                 let mut out = ffi::av_frame_alloc();
                 if out.is_null() {
-                    self.release();
+                    self.release_sws();
                     return Err(ConvertError::Ffmpeg("av_frame_alloc failed".into()));
                 }
                 (*out).format = ffi::AVPixelFormat::AV_PIX_FMT_RGB24 as i32;
-                (*out).width = w;
-                (*out).height = h;
+                (*out).width = ow;
+                (*out).height = oh;
                 let ret = ffi::av_frame_get_buffer(out, 0);
                 if ret < 0 {
                     ffi::av_frame_free(&mut out);
-                    self.release();
+                    self.release_sws();
                     return Err(ConvertError::Ffmpeg(format!(
-                        "cannot allocate a {w}x{h} RGB frame: {}",
+                        "cannot allocate a {ow}x{oh} RGB frame: {}",
                         ffmpeg::Error::from(ret)
                     )));
                 }
                 self.out = out;
                 self.key = (fmt, w, h);
             }
-            self.apply_colorspace(src);
+            self.apply_colorspace(tags);
             let ret = ffi::sws_scale(
                 self.sws,
                 (*src).data.as_ptr() as *const *const u8,
@@ -823,7 +1026,7 @@ impl RgbConverter {
             if ret <= 0 {
                 return Err(ConvertError::Ffmpeg(format!("sws_scale returned {ret}")));
             }
-            let (wu, hu) = (w as usize, h as usize);
+            let (wu, hu) = (ow as usize, oh as usize);
             let row = wu * 3;
             let stride = (*self.out).linesize[0] as usize;
             let base = (*self.out).data[0];
@@ -833,11 +1036,18 @@ impl RgbConverter {
                 data.extend_from_slice(line);
             }
             Ok(RgbImage {
-                width: w as u32,
-                height: h as u32,
+                width: ow as u32,
+                height: oh as u32,
                 data,
             })
         }
+    }
+
+    /// Frees the swscale context and its output frame (not the rotation buffer).
+    fn release_sws(&mut self) {
+        let rotated = std::mem::replace(&mut self.rotated, ptr::null_mut());
+        self.release();
+        self.rotated = rotated;
     }
 
     /// `vf_scale`'s per-frame colour set-up with `in_color_matrix=auto`, `in_range=auto`.
