@@ -144,7 +144,7 @@ fn explain_missing(err: PipelineError, cfg: &EvalConfig) -> PipelineError {
                     let hint = match set {
                         None => " — eval_config.yaml does not set it".to_string(),
                         Some("") => String::new(),
-                        Some(p) => format!(" — {p} does not hold them: is it the right file?"),
+                        Some(p) => format!(" — {p} does not hold them (is it the right file?)"),
                     };
                     format!(
                         "{} tensor(s) expected from {owner}{hint}: {}{}",
@@ -165,7 +165,23 @@ fn explain_missing(err: PipelineError, cfg: &EvalConfig) -> PipelineError {
 }
 
 fn candle_ctx(cfg: &EvalConfig, what: &str, e: candle_core::Error) -> PipelineError {
-    PipelineError::file(&cfg.path, format!("{what}: {e}"))
+    // A tensor read directly (sizes are taken from the weights) fails with "tensor NAME
+    // missing": say which config entry should have brought it.
+    let text = e.to_string();
+    let first_line = text.lines().next().unwrap_or("");
+    if let Some(name) = first_line
+        .split("tensor ")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix(" missing"))
+    {
+        let missing = PipelineError::MissingTensors {
+            dir: cfg.dir.clone(),
+            count: 1,
+            names: name.to_string(),
+        };
+        return explain_missing(missing, cfg);
+    }
+    PipelineError::file(&cfg.path, format!("{what}: {first_line}"))
 }
 
 /// The weight files, in the order the reference loads them (later ones win).
