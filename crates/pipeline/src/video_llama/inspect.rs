@@ -111,10 +111,8 @@ pub fn inspect(path: &Path, options: &[String]) -> Result<VideoLlamaInspect> {
             if rest.contains(".audio.") {
                 p.audio_encoder += n;
             }
-        } else if name.starts_with("audio_") {
-            if !name.ends_with("position_ids") {
-                p.audio_qformer += n;
-            }
+        } else if name.starts_with("audio_") && !name.ends_with("position_ids") {
+            p.audio_qformer += n;
         }
     }
     let llm_dir = cfg.resolve(&m.llama_model);
