@@ -327,6 +327,14 @@ impl SimpleBackend for RecordingBackend {
     }
 }
 
+/// What [`Checkpoint::over_store`] lists: files, sorted names, dtype counts, shapes.
+type StoreListing = (
+    Vec<PathBuf>,
+    Vec<String>,
+    HashMap<String, usize>,
+    HashMap<String, Vec<usize>>,
+);
+
 /// An opened checkpoint: build modules from [`Checkpoint::var_builder`], then call
 /// [`Checkpoint::finish`] to turn any missing/mismatched tensor into an error.
 pub struct Checkpoint {
@@ -369,13 +377,33 @@ impl Checkpoint {
             names.push(name.clone());
         }
         names.sort();
+        let parts = (files, names, dtypes, HashMap::new());
+        Ok(Self::over_store(
+            dir,
+            Store::Safetensors(st),
+            parts,
+            dtype,
+            device,
+        ))
+    }
+
+    /// A checkpoint reading `store` through a recording `VarBuilder`; `parts` are the file
+    /// list, sorted tensor names, per-dtype counts and (multi-file only) stored shapes.
+    fn over_store(
+        dir: &Path,
+        store: Store,
+        parts: StoreListing,
+        dtype: DType,
+        device: &Device,
+    ) -> Self {
+        let (files, names, dtypes, shapes) = parts;
         let log = Arc::new(Mutex::new(AccessLog::default()));
         let backend = RecordingBackend {
-            store: Store::Safetensors(st),
+            store,
             log: log.clone(),
         };
         let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
-        Ok(Self {
+        Self {
             dir: dir.to_path_buf(),
             files,
             names,
@@ -383,8 +411,8 @@ impl Checkpoint {
             log,
             vb,
             prequantized: None,
-            shapes: HashMap::new(),
-        })
+            shapes,
+        }
     }
 
     /// A checkpoint spread over several files (Video-LLaMA's `eval_config.yaml` names an
@@ -400,7 +428,7 @@ impl Checkpoint {
         let mut names: Vec<String> = store.names.keys().cloned().collect();
         names.sort();
         let mut dtypes = HashMap::new();
-        for (name, (file, key, _)) in &store.names {
+        for (file, key, _) in store.names.values() {
             let dtype = match &store.files[*file].2 {
                 SourceFile::Safetensors(st) => st.get(key).map(|e| e.dtype),
                 SourceFile::Pth(pth) => pth.tensor_infos().get(key).map(|i| i.dtype),
@@ -408,7 +436,6 @@ impl Checkpoint {
             if let Some(dt) = dtype {
                 *dtypes.entry(format!("{dt:?}").to_uppercase()).or_insert(0) += 1;
             }
-            let _ = name;
         }
         let files = store.files.iter().map(|(_, p, _)| p.clone()).collect();
         let shapes = store
@@ -416,22 +443,14 @@ impl Checkpoint {
             .iter()
             .map(|(k, (_, _, shape))| (k.clone(), shape.clone()))
             .collect();
-        let log = Arc::new(Mutex::new(AccessLog::default()));
-        let backend = RecordingBackend {
-            store: Store::Sources(store),
-            log: log.clone(),
-        };
-        let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            files,
-            names,
-            dtypes,
-            log,
-            vb,
-            prequantized: None,
-            shapes,
-        })
+        let parts = (files, names, dtypes, shapes);
+        Ok(Self::over_store(
+            dir,
+            Store::Sources(store),
+            parts,
+            dtype,
+            device,
+        ))
     }
 
     /// The stored shape of a tensor of a multi-file checkpoint, without reading it.

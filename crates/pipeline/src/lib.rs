@@ -374,92 +374,31 @@ impl Pipeline {
 
     /// Run the encoders and connectors once for this media.
     pub fn encode_media(&self, media: &MediaInput) -> Result<EncodedMedia> {
-        if let Some(vl) = &self.video_llama {
-            return self.encode_media_video_llama(vl, media);
-        }
-        let start = Instant::now();
-        let (modality, visual) = match &media.visual {
-            None => (
-                if media.audio_fbank.is_some() {
-                    Modality::Audio
-                } else {
-                    Modality::Text
-                },
-                None,
-            ),
-            Some(Visual::Video(px)) => {
-                (Modality::Video, Some(self.model.encode_visual(px, false)?))
+        let modality = match &media.visual {
+            None if media.audio_fbank.is_some() => Modality::Audio,
+            None => Modality::Text,
+            Some(Visual::Video(_)) => Modality::Video,
+            Some(Visual::Image(_)) if media.audio_fbank.is_some() => {
+                return Err(PipelineError::Invalid(
+                    "audio can accompany a video, not an image".into(),
+                ))
             }
-            Some(Visual::Image(px)) => {
-                if media.audio_fbank.is_some() {
-                    return Err(PipelineError::Invalid(
-                        "audio can accompany a video, not an image".into(),
-                    ));
-                }
-                (Modality::Image, Some(self.model.encode_visual(px, true)?))
-            }
+            Some(Visual::Image(_)) => Modality::Image,
         };
+        let mut stage_tensors = Vec::new();
+        let start = Instant::now();
+        let visual = media
+            .visual
+            .as_ref()
+            .map(|v| self.encode_visual_input(v, &mut stage_tensors))
+            .transpose()?;
         let vision_seconds = start.elapsed().as_secs_f64();
         let start = Instant::now();
         let audio = media
             .audio_fbank
             .as_ref()
-            .map(|fbank| self.model.encode_audio(fbank))
+            .map(|a| self.encode_audio_input(a, &mut stage_tensors))
             .transpose()?;
-        Ok(EncodedMedia {
-            modality,
-            visual,
-            audio,
-            vision_seconds,
-            audio_seconds: start.elapsed().as_secs_f64(),
-            intermediates: true,
-            frame_timestamps: media.frame_timestamps.clone(),
-            stage_tensors: Vec::new(),
-        })
-    }
-
-    fn encode_media_video_llama(
-        &self,
-        vl: &video_llama::VideoLlamaParts,
-        media: &MediaInput,
-    ) -> Result<EncodedMedia> {
-        let (dtype, dev) = (self.model.dtype, &self.model.device);
-        let mut stage_tensors = Vec::new();
-        let start = Instant::now();
-        let (modality, visual) = match &media.visual {
-            None => (
-                if media.audio_fbank.is_some() {
-                    Modality::Audio
-                } else {
-                    Modality::Text
-                },
-                None,
-            ),
-            Some(v) => {
-                let (modality, px) = match v {
-                    Visual::Video(px) => (Modality::Video, px),
-                    Visual::Image(px) => (Modality::Image, px),
-                };
-                let (enc, named) = vl.encode_visual(px, dtype, dev)?;
-                stage_tensors.extend(named);
-                (modality, Some(enc))
-            }
-        };
-        if modality == Modality::Image && media.audio_fbank.is_some() {
-            return Err(PipelineError::Invalid(
-                "audio can accompany a video, not an image".into(),
-            ));
-        }
-        let vision_seconds = start.elapsed().as_secs_f64();
-        let start = Instant::now();
-        let audio = match &media.audio_fbank {
-            None => None,
-            Some(mel) => {
-                let (enc, named) = vl.encode_audio(mel, dtype, dev)?;
-                stage_tensors.extend(named);
-                Some(enc)
-            }
-        };
         Ok(EncodedMedia {
             modality,
             visual,
@@ -470,6 +409,44 @@ impl Pipeline {
             frame_timestamps: media.frame_timestamps.clone(),
             stage_tensors,
         })
+    }
+
+    /// The family's vision path; Video-LLaMA also names its stage tensors.
+    fn encode_visual_input(
+        &self,
+        visual: &Visual,
+        stage_tensors: &mut Vec<(String, Tensor)>,
+    ) -> Result<model::EncodedVisual> {
+        let (px, is_image) = match visual {
+            Visual::Video(px) => (px, false),
+            Visual::Image(px) => (px, true),
+        };
+        match &self.video_llama {
+            Some(vl) => {
+                let (encoded, named) =
+                    vl.encode_visual(px, self.model.dtype, &self.model.device)?;
+                stage_tensors.extend(named);
+                Ok(encoded)
+            }
+            None => self.model.encode_visual(px, is_image),
+        }
+    }
+
+    /// The family's audio path (BEATs fbank, or Video-LLaMA's ImageBind mel).
+    fn encode_audio_input(
+        &self,
+        audio: &Tensor,
+        stage_tensors: &mut Vec<(String, Tensor)>,
+    ) -> Result<model::EncodedAudio> {
+        match &self.video_llama {
+            Some(vl) => {
+                let (encoded, named) =
+                    vl.encode_audio(audio, self.model.dtype, &self.model.device)?;
+                stage_tensors.extend(named);
+                Ok(encoded)
+            }
+            None => self.model.encode_audio(audio),
+        }
     }
 
     /// The media blocks in the order the prompt's placeholders expect them.
