@@ -30,6 +30,7 @@ pub mod qformer;
 pub mod qformer_aggregator;
 pub mod regstage;
 pub mod stc;
+pub mod token_merge;
 
 use candle_core::{bail, DType, Error, Result, Tensor};
 use candle_nn::VarBuilder;

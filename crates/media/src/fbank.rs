@@ -1,15 +1,21 @@
 //! Kaldi-compatible log-mel filterbank, as `torchaudio.compliance.kaldi.fbank` computes
-//! it with the arguments VideoLLaMA2.1-AV uses (spec §7.3):
-//! `num_mel_bins=128, sample_frequency=16000, frame_length=25, frame_shift=10`, every
-//! other argument at its torchaudio default (dither 0, DC removal, pre-emphasis 0.97,
-//! povey window, power spectrum, low 20 Hz, high = Nyquist, `snip_edges=True`,
-//! log with a float32-epsilon floor, no energy, no HTK compatibility).
+//! it. The one implementation for both callers:
+//!
+//! * VideoLLaMA2.1-AV (BEATs, spec §7.3): `num_mel_bins=128, sample_frequency=16000,
+//!   frame_length=25, frame_shift=10`, every other argument at its torchaudio default
+//!   (dither 0, DC removal, pre-emphasis 0.97, povey window, power spectrum, low 20 Hz,
+//!   high = Nyquist, `snip_edges=True`, log with a float32-epsilon floor, no energy, no
+//!   HTK compatibility) — [`FbankOptions::default`].
+//! * Video-LLaMA's ImageBind audio (`crate::imagebind_audio`): the same, except
+//!   `window_type="hanning"` ([`WindowType::Hanning`]) and `htk_compat=True`, which only
+//!   moves the energy column (not computed here) and so changes nothing.
 //!
 //! Per frame of 400 samples (hop 160): subtract the frame mean; pre-emphasis
-//! `x[j] −= 0.97·x[j−1]` (`x[0] −= 0.97·x[0]`); multiply by the povey window
-//! `hann(400, periodic=False)^0.85`; zero-pad to 512; real FFT; power spectrum
-//! `|X|²` (257 bins); 128 triangular Kaldi-mel filters (built in `f32` exactly like
-//! torchaudio's `get_mel_banks`, Nyquist column 0); `ln(max(E, 1.1920929e-07))`.
+//! `x[j] −= 0.97·x[j−1]` (`x[0] −= 0.97·x[0]`); multiply by the window (povey:
+//! `hann(400, periodic=False)^0.85`, hanning: `hann(400, periodic=False)`); zero-pad to
+//! 512; real FFT; power spectrum `|X|²` (257 bins); 128 triangular Kaldi-mel filters
+//! (built in `f32` exactly like torchaudio's `get_mel_banks`, Nyquist column 0);
+//! `ln(max(E, 1.1920929e-07))`.
 //!
 //! Two precisions, like the reference: [`Fbank::compute_f64`] (audio files: the
 //! waveform is float64) and [`Fbank::compute_f32`] (audio from videos: float32).
@@ -27,7 +33,17 @@ use crate::error::{MediaError, Result};
 /// Float32 machine epsilon, the log floor torchaudio uses for every dtype.
 pub const LOG_FLOOR: f32 = f32::EPSILON;
 
-/// `torchaudio.compliance.kaldi.fbank` options that VideoLLaMA2.1-AV can vary.
+/// torchaudio `window_type` (the two the ported models use).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WindowType {
+    /// `"povey"`: `hann_window(n, periodic=False) ** 0.85` (torchaudio's default).
+    #[default]
+    Povey,
+    /// `"hanning"`: `hann_window(n, periodic=False)`.
+    Hanning,
+}
+
+/// The `torchaudio.compliance.kaldi.fbank` options the ported models vary.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FbankOptions {
     /// `num_mel_bins` (128).
@@ -46,6 +62,8 @@ pub struct FbankOptions {
     pub preemphasis_coefficient: f64,
     /// `remove_dc_offset` (true).
     pub remove_dc_offset: bool,
+    /// `window_type` (povey).
+    pub window_type: WindowType,
 }
 
 impl Default for FbankOptions {
@@ -60,6 +78,7 @@ impl Default for FbankOptions {
             high_freq: 0.0,
             preemphasis_coefficient: 0.97,
             remove_dc_offset: true,
+            window_type: WindowType::Povey,
         }
     }
 }
@@ -243,7 +262,10 @@ impl<T: FbankFloat> Fbank<T> {
             )));
         }
         let padded = window_size.next_power_of_two();
-        let window = povey_window::<T>(window_size);
+        let window = match opts.window_type {
+            WindowType::Povey => povey_window::<T>(window_size),
+            WindowType::Hanning => hann_window::<T>(window_size),
+        };
         let banks = mel_banks_f32(
             opts.num_mel_bins,
             padded,
@@ -274,6 +296,16 @@ impl<T: FbankFloat> Fbank<T> {
             mel,
             fft,
         })
+    }
+
+    /// The options this filterbank was prepared for.
+    pub fn options(&self) -> &FbankOptions {
+        &self.opts
+    }
+
+    /// Samples per analysis frame (400 at 16 kHz / 25 ms).
+    pub fn window_size(&self) -> usize {
+        self.window_size
     }
 
     /// Number of output frames for `num_samples` input samples (`snip_edges=True`).
@@ -372,20 +404,24 @@ impl Fbank<f32> {
     }
 }
 
-/// torch `hann_window(n, periodic=False).pow(0.85)` in precision `T`:
-/// `(cos(k · f(2π/(n−1))) · −0.5 + 0.5)^0.85`.
-pub fn povey_window<T: FbankFloat>(n: usize) -> Vec<T> {
+/// torch `hann_window(n, periodic=False)` in precision `T`:
+/// `cos(k · T(2π/(n−1))) · −0.5 + 0.5` (`[1]` for `n = 1`, as torch).
+pub fn hann_window<T: FbankFloat>(n: usize) -> Vec<T> {
+    if n == 1 {
+        return vec![T::of_f64(1.0)];
+    }
     let step = T::of_f64(std::f64::consts::PI * 2.0 / (n as f64 - 1.0));
     let half = T::of_f64(0.5);
     let neg_half = T::of_f64(-0.5);
-    let e = T::of_f64(0.85);
     (0..n)
-        .map(|k| {
-            let x = T::of_f64(k as f64) * step;
-            let h = x.cos() * neg_half + half;
-            h.powf(e)
-        })
+        .map(|k| (T::of_f64(k as f64) * step).cos() * neg_half + half)
         .collect()
+}
+
+/// torch `hann_window(n, periodic=False).pow(0.85)` in precision `T`.
+pub fn povey_window<T: FbankFloat>(n: usize) -> Vec<T> {
+    let e = T::of_f64(0.85);
+    hann_window::<T>(n).into_iter().map(|h| h.powf(e)).collect()
 }
 
 #[cfg(test)]
@@ -431,6 +467,31 @@ mod tests {
         assert_eq!(w[0], 0.0);
         assert!((w[399]).abs() < 1e-12);
         assert!((w[200] - 1.0).abs() < 1e-4);
+        let h = hann_window::<f32>(400);
+        assert_eq!(h[0], 0.0);
+        assert!(h[399].abs() < 1e-6);
+        assert!((h[200] - 1.0).abs() < 1e-4);
+        // povey = hann^0.85, element for element in the same precision.
+        let p = povey_window::<f32>(400);
+        assert!(h.iter().zip(&p).all(|(h, p)| *p == h.powf(0.85)));
+        assert_eq!(hann_window::<f32>(1), vec![1.0]);
+    }
+
+    #[test]
+    fn window_type_changes_the_features() {
+        let x: Vec<f32> = (0..4000)
+            .map(|i| 3000.0 * (i as f32 * 0.37).sin() + 500.0 * (i as f32 * 0.011).cos())
+            .collect();
+        let povey = Fbank::<f32>::new(FbankOptions::default()).unwrap();
+        let hann = Fbank::<f32>::new(FbankOptions {
+            window_type: WindowType::Hanning,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(povey.compute(&x).data, Fbank::compute_f32(&x).data);
+        let (a, b) = (povey.compute(&x), hann.compute(&x));
+        assert_eq!((a.frames, a.bins), (b.frames, b.bins));
+        assert_ne!(a.data, b.data);
     }
 
     #[test]

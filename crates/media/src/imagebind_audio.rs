@@ -25,16 +25,14 @@
 //!   mean, pre-emphasis 0.97, Hann window (`hann_window(400, periodic=False)`), zero-pad to
 //!   512, power spectrum, 128 Kaldi mel filters (20 Hz – Nyquist),
 //!   `ln(max(E, f32::EPSILON))`. `htk_compat` only reorders the energy column, which is not
-//!   computed. All in f32 like torch, except the FFT (f64 on the f32 frame, rounded back)
-//!   and the reductions (f64, rounded once); see `Fbank::compute` in [`crate::fbank`].
-
-use std::sync::Arc;
-
-use realfft::{RealFftPlanner, RealToComplex};
+//!   computed. This is [`Fbank<f32>`] with [`WindowType::Hanning`]
+//!   ([`ImageBindAudioConfig::fbank_options`]): all in f32 like torch, except the FFT (f64
+//!   on the f32 frame, rounded back) and the reductions (f64, rounded once); see
+//!   [`Fbank::compute`].
 
 use crate::audio::clip_sample_bounds;
 use crate::error::{MediaError, Result};
-use crate::fbank::{mel_banks_f32, LOG_FLOOR};
+use crate::fbank::{Fbank, FbankOptions, WindowType};
 
 /// Parameters of `load_and_transform_audio_data` / `waveform2melspec`.
 #[derive(Clone, Debug, PartialEq)]
@@ -57,6 +55,22 @@ pub struct ImageBindAudioConfig {
     pub frame_length_ms: f64,
     /// fbank `frame_shift` in ms (10).
     pub frame_shift_ms: f64,
+}
+
+impl ImageBindAudioConfig {
+    /// The `kaldi.fbank` options `waveform2melspec` passes: this config's rate, bins and
+    /// frame length / shift, the Hanning window, torchaudio defaults otherwise
+    /// (`htk_compat=True` only concerns the energy column, which is not computed).
+    pub fn fbank_options(&self) -> FbankOptions {
+        FbankOptions {
+            num_mel_bins: self.num_mel_bins,
+            sample_frequency: self.sample_rate as f64,
+            frame_length_ms: self.frame_length_ms,
+            frame_shift_ms: self.frame_shift_ms,
+            window_type: WindowType::Hanning,
+            ..FbankOptions::default()
+        }
+    }
 }
 
 impl Default for ImageBindAudioConfig {
@@ -129,178 +143,34 @@ pub fn clip_spans(num_samples: usize, cfg: &ImageBindAudioConfig) -> Vec<AudioCl
         .collect()
 }
 
-/// The Kaldi fbank ImageBind uses (Hann window, f32), prepared once.
-pub struct HannFbank {
-    num_bins: usize,
-    window_size: usize,
-    window_shift: usize,
-    padded: usize,
-    window: Vec<f32>,
-    /// Per mel bin: first FFT bin with a non-zero weight, and the weights from there.
-    mel: Vec<(usize, Vec<f32>)>,
-    fft: Arc<dyn RealToComplex<f64>>,
-}
-
-impl std::fmt::Debug for HannFbank {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HannFbank")
-            .field("num_bins", &self.num_bins)
-            .field("window_size", &self.window_size)
-            .field("window_shift", &self.window_shift)
-            .field("padded", &self.padded)
-            .finish()
-    }
-}
-
-/// Pre-emphasis coefficient (torchaudio default).
-const PREEMPHASIS: f32 = 0.97;
-/// Mel range (torchaudio defaults: 20 Hz to Nyquist).
-const LOW_FREQ: f64 = 20.0;
-const HIGH_FREQ: f64 = 0.0;
-
-impl HannFbank {
-    /// Prepares the filterbank for `cfg` (sample rate, frame length/shift, mel bins).
-    pub fn new(cfg: &ImageBindAudioConfig) -> Result<Self> {
-        let sr = cfg.sample_rate as f64;
-        let positive = |x: f64| x.is_finite() && x > 0.0;
-        if !positive(sr) || !positive(cfg.frame_length_ms) || !positive(cfg.frame_shift_ms) {
-            return Err(MediaError::Audio(format!("invalid fbank options {cfg:?}")));
-        }
-        // torchaudio: int(sample_frequency * ms * 0.001).
-        let window_shift = (sr * cfg.frame_shift_ms * 0.001) as usize;
-        let window_size = (sr * cfg.frame_length_ms * 0.001) as usize;
-        if window_size < 2 || window_shift == 0 || window_size > 1 << 20 {
-            return Err(MediaError::Audio(format!(
-                "unsupported window size {window_size} / shift {window_shift}"
-            )));
-        }
-        let padded = window_size.next_power_of_two();
-        let banks = mel_banks_f32(cfg.num_mel_bins, padded, sr, LOW_FREQ, HIGH_FREQ)?;
-        let nfb = padded / 2;
-        let mel = (0..cfg.num_mel_bins)
-            .map(|b| {
-                let row = &banks[b * nfb..(b + 1) * nfb];
-                let first = row.iter().position(|&w| w != 0.0).unwrap_or(0);
-                let last = row.iter().rposition(|&w| w != 0.0).map_or(0, |i| i + 1);
-                (first, row[first..last.max(first)].to_vec())
-            })
-            .collect();
-        Ok(Self {
-            num_bins: cfg.num_mel_bins,
-            window_size,
-            window_shift,
-            padded,
-            window: hann_window_f32(window_size),
-            mel,
-            fft: RealFftPlanner::<f64>::new().plan_fft_forward(padded),
-        })
-    }
-
-    /// Samples per analysis frame (400 at 16 kHz / 25 ms).
-    pub fn window_size(&self) -> usize {
-        self.window_size
-    }
-
-    /// Number of frames for `n` samples (`snip_edges=True`).
-    pub fn num_frames(&self, n: usize) -> usize {
-        if n < self.window_size {
-            0
-        } else {
-            1 + (n - self.window_size) / self.window_shift
-        }
-    }
-
-    /// Log-mel features of a mono waveform, `[frames, num_bins]` row-major.
-    pub fn compute(&self, waveform: &[f32]) -> Vec<f32> {
-        let frames = self.num_frames(waveform.len());
-        let mut data = Vec::with_capacity(frames * self.num_bins);
-        let mut input = self.fft.make_input_vec();
-        let mut spectrum = self.fft.make_output_vec();
-        let mut scratch = self.fft.make_scratch_vec();
-        let mut power = vec![0f32; self.padded / 2 + 1];
-        let mut frame = vec![0f32; self.window_size];
-        let n = self.window_size as f32;
-        for f in 0..frames {
-            let start = f * self.window_shift;
-            frame.copy_from_slice(&waveform[start..start + self.window_size]);
-            // remove_dc_offset: row mean in f32.
-            let sum: f64 = frame.iter().map(|&v| v as f64).sum();
-            let mean = sum as f32 / n;
-            for v in frame.iter_mut() {
-                *v -= mean;
-            }
-            // x[j] -= 0.97·x[j−1] on the original values, x[−1] = x[0].
-            for j in (1..self.window_size).rev() {
-                frame[j] -= PREEMPHASIS * frame[j - 1];
-            }
-            frame[0] -= PREEMPHASIS * frame[0];
-            for (i, slot) in input.iter_mut().enumerate() {
-                *slot = if i < self.window_size {
-                    (frame[i] * self.window[i]) as f64
-                } else {
-                    0.0
-                };
-            }
-            self.fft
-                .process_with_scratch(&mut input, &mut spectrum, &mut scratch)
-                .expect("FFT buffers have the planned sizes");
-            for (p, c) in power.iter_mut().zip(&spectrum) {
-                // torch: complex64 rfft → abs() → pow(2) in f32.
-                let (re, im) = (c.re as f32, c.im as f32);
-                let m = (re * re + im * im).sqrt();
-                *p = m * m;
-            }
-            for (first, ws) in &self.mel {
-                let e: f64 = ws
-                    .iter()
-                    .zip(&power[*first..])
-                    .map(|(&w, &p)| w as f64 * p as f64)
-                    .sum();
-                data.push((e as f32).max(LOG_FLOOR).ln());
-            }
-        }
-        data
-    }
-}
-
-/// torch `hann_window(n, periodic=False)` in f32: `cos(k · f32(2π/(n−1))) · −0.5 + 0.5`.
-pub fn hann_window_f32(n: usize) -> Vec<f32> {
-    if n == 1 {
-        return vec![1.0];
-    }
-    let step = (std::f64::consts::PI * 2.0 / (n as f64 - 1.0)) as f32;
-    (0..n)
-        .map(|k| (k as f32 * step).cos() * -0.5 + 0.5)
-        .collect()
-}
-
 /// `waveform2melspec` on one (already mean-subtracted) mono clip: fbank, transpose to
 /// `[bins, frames]`, zero-pad / truncate to `target_length`, then normalise. Returns
 /// `[bins, target_length]` row-major. Errors when the clip is shorter than one analysis
 /// window (the reference fails there: an assertion in `kaldi.fbank`).
 pub fn clip_melspec(
-    fbank: &HannFbank,
+    fbank: &Fbank<f32>,
     clip: &[f32],
     cfg: &ImageBindAudioConfig,
 ) -> Result<Vec<f32>> {
-    if clip.len() < fbank.window_size {
+    if clip.len() < fbank.window_size() {
         return Err(MediaError::Audio(format!(
             "audio clip of {} samples is shorter than one {}-sample fbank window \
              ({} ms at {} Hz); the reference fails on such input too",
             clip.len(),
-            fbank.window_size,
+            fbank.window_size(),
             cfg.frame_length_ms,
             cfg.sample_rate
         )));
     }
+    // feats: [frames, bins] row-major.
     let feats = fbank.compute(clip);
-    let frames = feats.len() / fbank.num_bins;
+    let (frames, bins) = (feats.frames, feats.bins);
     let t = cfg.target_length;
-    let mut out = vec![0f32; fbank.num_bins * t];
-    for b in 0..fbank.num_bins {
+    let mut out = vec![0f32; bins * t];
+    for b in 0..bins {
         let row = &mut out[b * t..(b + 1) * t];
         for (f, slot) in row.iter_mut().enumerate().take(frames.min(t)) {
-            *slot = feats[f * fbank.num_bins + b];
+            *slot = feats.data[f * bins + b];
         }
         // transforms.Normalize: (x − mean) / std in f32, padding included.
         for v in row.iter_mut() {
@@ -336,7 +206,7 @@ pub fn clips_to_mel(
     if cfg.clips_per_video == 0 || cfg.target_length == 0 || !(cfg.std != 0.0) {
         return Err(MediaError::Audio(format!("invalid audio config {cfg:?}")));
     }
-    let fbank = HannFbank::new(cfg)?;
+    let fbank = Fbank::<f32>::new(cfg.fbank_options())?;
     let spans = clip_spans(n, cfg);
     let mut out = Vec::with_capacity(spans.len() * cfg.num_mel_bins * cfg.target_length);
     for span in &spans {
@@ -385,14 +255,6 @@ mod tests {
     }
 
     #[test]
-    fn hann_window_endpoints() {
-        let w = hann_window_f32(400);
-        assert_eq!(w[0], 0.0);
-        assert!(w[399].abs() < 1e-6);
-        assert!((w[200] - 1.0).abs() < 1e-4);
-    }
-
-    #[test]
     fn in_place_mean_is_sequential_and_over_all_channels() {
         // Constant channels 1 and 3: clip 0's mean (2) is removed from [0, 32000) of both
         // channels; clip 1 overlaps it, so its mean is taken over partly shifted samples.
@@ -406,7 +268,7 @@ mod tests {
         assert_eq!(spans[1].start_sample, 4000);
         assert_eq!(mel.len(), 2 * 128 * 204);
         // A constant clip has zero energy after DC removal: every bin sits at the floor.
-        let floor = (LOG_FLOOR.ln() - cfg.mean) / cfg.std;
+        let floor = (crate::fbank::LOG_FLOOR.ln() - cfg.mean) / cfg.std;
         assert!(mel[..128 * 204]
             .iter()
             .enumerate()

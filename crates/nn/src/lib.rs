@@ -33,6 +33,7 @@ pub mod attention_cpu;
 pub mod cpu;
 pub mod fastmath;
 pub mod linear;
+pub mod lora;
 pub mod norm;
 pub mod quant;
 

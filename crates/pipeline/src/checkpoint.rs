@@ -139,6 +139,31 @@ struct SourceStore {
     files: Vec<(String, PathBuf, SourceFile)>,
     /// Model name → (file index, key inside the file, shape).
     names: HashMap<String, (usize, String, Vec<usize>)>,
+    /// LoRA adapters merged into their base weights as they are read.
+    lora: Option<LoraMerge>,
+}
+
+/// How LoRA factors found next to a weight are merged into it (`W + scale·B·A`).
+#[derive(Debug, Clone)]
+pub struct LoraMerge {
+    /// `lora_alpha / r`.
+    pub scale: f64,
+    /// Names (in the model's name space) of the weights that were merged, for checks.
+    merged: Arc<Mutex<Vec<String>>>,
+}
+
+impl LoraMerge {
+    pub fn new(scale: f64) -> Self {
+        Self {
+            scale,
+            merged: Arc::default(),
+        }
+    }
+
+    /// The weights merged so far.
+    pub fn merged(&self) -> Vec<String> {
+        self.merged.lock().expect("lora log poisoned").clone()
+    }
 }
 
 impl SourceStore {
@@ -153,6 +178,36 @@ impl SourceStore {
     }
 
     fn load(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let base = self.load_stored(name, dtype, dev)?;
+        let Some(lora) = &self.lora else {
+            return Ok(base);
+        };
+        let Some(stem) = name.strip_suffix(".weight") else {
+            return Ok(base);
+        };
+        let find = |factor: char| {
+            videollama_nn::lora::factor_keys(stem, factor)
+                .into_iter()
+                .find(|k| self.names.contains_key(k))
+        };
+        match (find('A'), find('B')) {
+            (Some(a), Some(b)) => {
+                let a = self.load_stored(&a, DType::F32, dev)?;
+                let b = self.load_stored(&b, DType::F32, dev)?;
+                let merged = videollama_nn::lora::merge(&base, &a, &b, lora.scale)
+                    .map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))?;
+                lora.merged
+                    .lock()
+                    .expect("lora log poisoned")
+                    .push(name.to_string());
+                Ok(merged)
+            }
+            (None, None) => Ok(base),
+            _ => candle_core::bail!("{name}: only one of its LoRA factors A / B is stored"),
+        }
+    }
+
+    fn load_stored(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let (file, key, _) = self
             .names
             .get(name)
@@ -216,7 +271,7 @@ fn open_source_file(label: &str, path: &Path) -> Result<(PathBuf, SourceFile)> {
 }
 
 impl SourceStore {
-    fn open(sources: &[WeightSource]) -> Result<Self> {
+    fn open(sources: &[WeightSource], lora: Option<LoraMerge>) -> Result<Self> {
         let mut files = Vec::new();
         let mut names = HashMap::new();
         for (index, source) in sources.iter().enumerate() {
@@ -237,7 +292,7 @@ impl SourceStore {
             }
             files.push((source.label.clone(), shown, file));
         }
-        Ok(Self { files, names })
+        Ok(Self { files, names, lora })
     }
 }
 
@@ -424,7 +479,19 @@ impl Checkpoint {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let store = SourceStore::open(sources)?;
+        Self::open_sources_with_lora(dir, sources, None, dtype, device)
+    }
+
+    /// [`Self::open_sources`], merging LoRA factors (`<module>.lora_A/B[.default].weight`)
+    /// into the weight they adapt whenever that weight is read (MiniGPT4-Video).
+    pub fn open_sources_with_lora(
+        dir: &Path,
+        sources: &[WeightSource],
+        lora: Option<LoraMerge>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let store = SourceStore::open(sources, lora)?;
         let mut names: Vec<String> = store.names.keys().cloned().collect();
         names.sort();
         let mut dtypes = HashMap::new();

@@ -248,7 +248,7 @@ impl Pipeline {
                 ),
                 None => "gguf dequantized (dense)".to_string(),
             },
-            video_llama: None,
+            family: None,
         })
     }
 }

@@ -17,6 +17,7 @@ pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod family;
 pub mod generate;
 pub mod gguf;
 pub mod inspect;
@@ -268,9 +269,9 @@ pub struct Pipeline {
     pub model_identity: String,
     /// How the weights are held (`"dense"`, `"llm q8_0, vision q8_0"`, …), for reports.
     pub weights: String,
-    /// Video-LLaMA's encoders, Q-Formers and conversation template (`eval_config.yaml`
-    /// folders); `None` for VideoLLaMA 2 checkpoints and GGUF models.
-    pub video_llama: Option<Box<video_llama::VideoLlamaParts>>,
+    /// The family's own stages and prompt rules (Video-LLaMA, …; see `family.rs`); `None`
+    /// for VideoLLaMA 2 checkpoints and GGUF models, whose parts live in `model`.
+    pub family: Option<Box<dyn family::Family>>,
 }
 
 impl Pipeline {
@@ -322,7 +323,7 @@ impl Pipeline {
             encoder_cache: EncoderCache::default(),
             model_identity: cache::model_identity(dir, opts),
             weights: opts.weights.describe(),
-            video_llama: None,
+            family: None,
         })
     }
 
@@ -355,19 +356,22 @@ impl Pipeline {
             load_seconds: start.elapsed().as_secs_f64(),
             encoder_cache: EncoderCache::default(),
             weights: opts.weights.describe(),
-            video_llama: Some(Box::new(loaded.parts)),
+            family: Some(Box::new(loaded.parts)),
         })
     }
 
     /// Can this model look at images and videos?
     pub fn has_vision(&self) -> bool {
-        self.video_llama.is_some() || self.model.visual.is_some()
+        match &self.family {
+            Some(f) => f.has_vision(),
+            None => self.model.visual.is_some(),
+        }
     }
 
     /// Can this model listen (an audio tower / audio branch)?
     pub fn has_audio(&self) -> bool {
-        match &self.video_llama {
-            Some(vl) => vl.audio.is_some(),
+        match &self.family {
+            Some(f) => f.has_audio(),
             None => self.model.audio.is_some(),
         }
     }
@@ -421,10 +425,10 @@ impl Pipeline {
             Visual::Video(px) => (px, false),
             Visual::Image(px) => (px, true),
         };
-        match &self.video_llama {
-            Some(vl) => {
+        match &self.family {
+            Some(f) => {
                 let (encoded, named) =
-                    vl.encode_visual(px, self.model.dtype, &self.model.device)?;
+                    f.encode_visual(px, is_image, self.model.dtype, &self.model.device)?;
                 stage_tensors.extend(named);
                 Ok(encoded)
             }
@@ -438,10 +442,10 @@ impl Pipeline {
         audio: &Tensor,
         stage_tensors: &mut Vec<(String, Tensor)>,
     ) -> Result<model::EncodedAudio> {
-        match &self.video_llama {
-            Some(vl) => {
+        match &self.family {
+            Some(f) => {
                 let (encoded, named) =
-                    vl.encode_audio(audio, self.model.dtype, &self.model.device)?;
+                    f.encode_audio(audio, self.model.dtype, &self.model.device)?;
                 stage_tensors.extend(named);
                 Ok(encoded)
             }
@@ -451,18 +455,10 @@ impl Pipeline {
 
     /// The media blocks in the order the prompt's placeholders expect them.
     fn media_blocks(&self, media: &EncodedMedia) -> Result<Vec<Tensor>> {
-        if self.video_llama.is_none() {
-            return Ok(media.block()?.into_iter().collect());
+        match &self.family {
+            Some(f) => f.media_blocks(media),
+            None => Ok(media.block()?.into_iter().collect()),
         }
-        // Video-LLaMA: one block per `<ImageHere>`, audio first (`Chat.upload_video`).
-        let mut blocks = Vec::new();
-        if let Some(a) = &media.audio {
-            blocks.push(a.audio_connector_out.clone());
-        }
-        if let Some(v) = &media.visual {
-            blocks.push(v.connector_out.clone());
-        }
-        Ok(blocks)
     }
 
     /// Ids that end generation: generation_config's eos list plus the tokenizer's
@@ -483,16 +479,10 @@ impl Pipeline {
 
     /// Render the conversation and tokenize it the way `mm_infer` does.
     pub fn build_prompt(&self, turns: &[String], modality: Modality) -> Result<(String, Vec<i64>)> {
-        if let Some(vl) = &self.video_llama {
-            let turn = match modality {
-                Modality::Text => video_llama::MediaTurn::None,
-                Modality::Image => video_llama::MediaTurn::Image,
-                Modality::Audio => video_llama::MediaTurn::Audio,
-                Modality::Video => video_llama::MediaTurn::Video {
-                    timestamp_message: String::new(),
-                },
-            };
-            return video_llama::prompt_ids(vl, &self.tokenizer, &turn, turns);
+        if self.family.is_some() {
+            let mut media = EncodedMedia::text_only();
+            media.modality = modality;
+            return self.build_prompt_for(turns, &media);
         }
         self.build_prompt_videollama2(turns, modality)
     }
@@ -504,9 +494,8 @@ impl Pipeline {
         turns: &[String],
         media: &EncodedMedia,
     ) -> Result<(String, Vec<i64>)> {
-        if let Some(vl) = &self.video_llama {
-            let turn = video_llama::media_turn(media);
-            return video_llama::prompt_ids(vl, &self.tokenizer, &turn, turns);
+        if let Some(f) = &self.family {
+            return f.prompt_ids(&self.tokenizer, turns, media);
         }
         self.build_prompt_videollama2(turns, media.modality)
     }
@@ -564,25 +553,26 @@ impl Pipeline {
         let media_blocks = self.media_blocks(media)?;
         let mut inputs_embeds = self.model.splice(&input_ids, &media_blocks)?;
         let mut session = session;
-        if let Some(vl) = &self.video_llama {
-            // `Chat.answer(max_length=2000)`: keep the last max_length − max_new_tokens
-            // embeddings (the reference warns and cuts the start of the conversation).
+        if let Some(f) = &self.family {
+            // The family's context cut (Video-LLaMA's `Chat.answer(max_length=2000)`,
+            // MiniGPT4-Video's last 3700 / 7500 positions): the reference warns and drops
+            // the start of the conversation.
             let len = inputs_embeds.dim(0)?;
-            let begin = (len + opts.max_new_tokens).saturating_sub(vl.max_length);
+            let begin = f.context_start(len, opts.max_new_tokens, media);
             if begin > 0 {
                 if begin >= len {
                     return Err(PipelineError::PromptTooLong {
                         tokens: len,
                         visual: media.media_tokens(),
                         new: opts.max_new_tokens,
-                        context: vl.max_length,
+                        context: len,
                     });
                 }
                 tracing::warn!(
                     dropped = begin,
-                    "the conversation exceeds Video-LLaMA's max length of {}: the model will \
-                     not see its first {begin} positions",
-                    vl.max_length
+                    "the conversation exceeds {}'s context cut: the model will not see its \
+                     first {begin} positions",
+                    f.name()
                 );
                 inputs_embeds = inputs_embeds.narrow(0, begin, len - begin)?;
                 // A cut prompt no longer extends the session's cached prefix.
@@ -608,7 +598,14 @@ impl Pipeline {
             temperature: opts.temperature.filter(|t| *t > 0.0),
             top_p: opts.top_p.or(Some(0.9)),
             top_k: opts.top_k.or(gc.top_k),
-            repetition_penalty: opts.repetition_penalty.or(gc.repetition_penalty),
+            repetition_penalty: opts
+                .repetition_penalty
+                .or_else(|| {
+                    self.family
+                        .as_ref()
+                        .and_then(|f| f.repetition_penalty(media))
+                })
+                .or(gc.repetition_penalty),
             seed: opts.seed,
         };
         let gen_opts = GenerateOptions {
@@ -616,18 +613,18 @@ impl Pipeline {
             sampling,
             eos_ids: self.eos_ids(),
             stop_sequences: self
-                .video_llama
+                .family
                 .as_ref()
-                .map(|vl| vl.template.stop_sequences())
+                .map(|f| f.stop_sequences(media))
                 .unwrap_or_default(),
             record_logits: opts.collect_tensors,
         };
         let mut stream = text::StreamDecoder::new(&self.tokenizer);
         let mut stream_error = None;
         let mut cancelled_by_sink = false;
-        // Video-LLaMA's answer is cleaned after generation (stop signs cut, `Chat.answer`), so
-        // it is handed to `on_text` once, whole, instead of piece by piece.
-        let stream_pieces = self.video_llama.is_none();
+        // A family's answer is cleaned after generation (stop signs cut, like the reference's
+        // `Chat.answer`), so it is handed to `on_text` once, whole, instead of piece by piece.
+        let stream_pieces = self.family.is_none();
         let on_token = |id| match stream.push(id) {
             Ok(_) if !stream_pieces => true,
             Ok(Some(piece)) => {
@@ -661,9 +658,9 @@ impl Pipeline {
                 on_text(&rest);
             }
         }
-        let answer = match &self.video_llama {
-            Some(vl) => {
-                let text = vl.answer_text(&self.tokenizer, &generation.token_ids)?;
+        let answer = match &self.family {
+            Some(f) => {
+                let text = f.answer_text(&self.tokenizer, &generation.token_ids, media)?;
                 on_text(&text);
                 text
             }
@@ -688,7 +685,7 @@ impl Pipeline {
             },
         };
         let mut tensors = HashMap::new();
-        if opts.collect_tensors && self.video_llama.is_some() {
+        if opts.collect_tensors && self.family.is_some() {
             for (name, t) in &media.stage_tensors {
                 tensors.insert(name.clone(), t.to_dtype(DType::F32)?);
             }
@@ -723,13 +720,8 @@ impl Pipeline {
                     v.connector_out.to_dtype(DType::F32)?,
                 );
             }
-            let dumped_ids = match &self.video_llama {
-                // The fixture's map of the sequence: `<ImageHere>`'s id once per media token.
-                Some(vl) => video_llama::expand_placeholders(
-                    &input_ids,
-                    &media_blocks,
-                    vl.image_patch_token_id,
-                )?,
+            let dumped_ids = match &self.family {
+                Some(f) => f.dump_input_ids(&input_ids, &media_blocks)?,
                 None => input_ids.clone(),
             };
             tensors.insert(

@@ -116,8 +116,8 @@ impl Pipeline {
 
     /// Decode and preprocess the request's media files into model inputs.
     pub fn prepare_media(&self, req: &MediaRequest) -> Result<(MediaInput, MediaReport)> {
-        if let Some(vl) = &self.video_llama {
-            return crate::video_llama::media::prepare(vl, req);
+        if let Some(f) = &self.family {
+            return f.prepare_media(req);
         }
         let start = Instant::now();
         let mut report = MediaReport::default();

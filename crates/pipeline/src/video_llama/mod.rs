@@ -389,7 +389,7 @@ impl VideoLlamaParts {
     }
 
     /// `encode_videoQformer_visual`: `pixels [T,3,S,S]` (an image is T = 1) → `[Q, d]`.
-    pub fn encode_visual(
+    pub fn encode_frames(
         &self,
         pixels: &Tensor,
         dtype: DType,
@@ -443,7 +443,7 @@ impl VideoLlamaParts {
     }
 
     /// `encode_audioQformer`: `mel [clips,1,128,204]` → `[Q_audio, d]`.
-    pub fn encode_audio(
+    pub fn encode_sound(
         &self,
         mel: &Tensor,
         dtype: DType,
@@ -751,34 +751,90 @@ pub fn prompt_ids(
     Ok((prompt, ids))
 }
 
-/// `input_ids` as the golden fixture stores them: each placeholder written as
-/// `image_patch_token_id` once per embedding of its block.
-pub fn expand_placeholders(
-    ids: &[i64],
-    blocks: &[Tensor],
-    image_patch_token_id: i64,
-) -> Result<Vec<i64>> {
-    let mut out = Vec::new();
-    let mut next = blocks.iter();
-    for &id in ids {
-        if crate::prompt::is_placeholder(id) {
-            let n = next
-                .next()
-                .ok_or_else(|| {
-                    PipelineError::Invalid("more placeholders than media blocks".into())
-                })?
-                .dim(0)?;
-            out.extend(std::iter::repeat_n(image_patch_token_id, n));
-        } else {
-            out.push(id);
-        }
+impl crate::family::Family for VideoLlamaParts {
+    fn name(&self) -> &'static str {
+        "video-llama"
     }
-    Ok(out)
+    fn has_vision(&self) -> bool {
+        true
+    }
+    fn has_audio(&self) -> bool {
+        self.audio.is_some()
+    }
+    fn prepare_media(
+        &self,
+        req: &crate::media::MediaRequest,
+    ) -> Result<(crate::MediaInput, crate::media::MediaReport)> {
+        media::prepare(self, req)
+    }
+    fn encode_visual(
+        &self,
+        pixels: &Tensor,
+        _is_image: bool,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(EncodedVisual, crate::family::StageTensors)> {
+        self.encode_frames(pixels, dtype, device)
+    }
+    fn encode_audio(
+        &self,
+        audio: &Tensor,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(EncodedAudio, crate::family::StageTensors)> {
+        self.encode_sound(audio, dtype, device)
+    }
+    fn prompt_ids(
+        &self,
+        tokenizer: &tokenizers::Tokenizer,
+        turns: &[String],
+        media: &crate::EncodedMedia,
+    ) -> Result<(String, Vec<i64>)> {
+        prompt_ids(self, tokenizer, &media_turn(media), turns)
+    }
+    fn media_blocks(&self, media: &crate::EncodedMedia) -> Result<Vec<Tensor>> {
+        // One block per `<ImageHere>`, audio first (`Chat.upload_video`).
+        let mut blocks = Vec::new();
+        if let Some(a) = &media.audio {
+            blocks.push(a.audio_connector_out.clone());
+        }
+        if let Some(v) = &media.visual {
+            blocks.push(v.connector_out.clone());
+        }
+        Ok(blocks)
+    }
+    fn context_start(
+        &self,
+        prompt_len: usize,
+        max_new_tokens: usize,
+        _: &crate::EncodedMedia,
+    ) -> usize {
+        // `Chat.answer(max_length=2000)`: keep the last max_length − max_new_tokens.
+        (prompt_len + max_new_tokens).saturating_sub(self.max_length)
+    }
+    fn stop_sequences(&self, _: &crate::EncodedMedia) -> Vec<Vec<u32>> {
+        self.template.stop_sequences()
+    }
+    fn repetition_penalty(&self, _: &crate::EncodedMedia) -> Option<f32> {
+        None
+    }
+    fn answer_text(
+        &self,
+        tokenizer: &tokenizers::Tokenizer,
+        ids: &[u32],
+        _: &crate::EncodedMedia,
+    ) -> Result<String> {
+        self.decode_answer(tokenizer, ids)
+    }
+    fn dump_input_ids(&self, ids: &[i64], blocks: &[Tensor]) -> Result<Vec<i64>> {
+        // The fixture's map of the sequence: `<ImageHere>`'s id once per media token.
+        crate::family::expand_placeholders(ids, blocks, self.image_patch_token_id)
+    }
 }
 
 impl VideoLlamaParts {
     /// `Chat.answer`'s text: decode with the special tokens, cut at the stop sign, strip.
-    pub fn answer_text(&self, tokenizer: &tokenizers::Tokenizer, ids: &[u32]) -> Result<String> {
+    pub fn decode_answer(&self, tokenizer: &tokenizers::Tokenizer, ids: &[u32]) -> Result<String> {
         let decoded = match &self.slow_text {
             Some(slow) => slow
                 .model
