@@ -183,6 +183,12 @@ pub fn hash_request(h: &mut KeyHasher, req: &MediaRequest) -> std::io::Result<()
         Some(s) => h.field("audio_crop_seed", &s.to_le_bytes()),
     }
     h.field("pad_to_square", &[req.pad_to_square as u8]);
+    match &req.subtitles {
+        crate::media::SubtitleChoice::Default => h.field("subtitles", b"default"),
+        crate::media::SubtitleChoice::None => h.field("subtitles", b"none"),
+        crate::media::SubtitleChoice::Recognize => h.field("subtitles", b"auto"),
+        crate::media::SubtitleChoice::File(p) => h.file("subtitles", p)?,
+    }
     for (label, path) in [
         ("video", &req.video),
         ("image", &req.image),
@@ -419,6 +425,7 @@ pub fn slim_copy(m: &EncodedMedia) -> candle_core::Result<EncodedMedia> {
         audio_seconds: 0.0,
         intermediates: false,
         frame_timestamps: m.frame_timestamps.clone(),
+        frame_captions: m.frame_captions.clone(),
         stage_tensors: Vec::new(),
     })
 }
@@ -534,6 +541,7 @@ mod tests {
             audio_seconds: 0.0,
             intermediates: true,
             frame_timestamps: Vec::new(),
+            frame_captions: Vec::new(),
             stage_tensors: Vec::new(),
         };
         Arc::new(slim_copy(&full).unwrap())

@@ -22,6 +22,7 @@ pub mod generate;
 pub mod gguf;
 pub mod inspect;
 pub mod media;
+pub mod minigpt4_video;
 pub mod model;
 pub mod prompt;
 pub mod quantize;
@@ -66,6 +67,9 @@ pub struct MediaInput {
     pub audio_fbank: Option<Tensor>,
     /// Sampled frame times as the prompt writes them (Video-LLaMA's timestamp message).
     pub frame_timestamps: Vec<String>,
+    /// Per sampled frame, the subtitle text the prompt puts after it (MiniGPT4-Video's
+    /// `<Cap>`); empty when the family does not interleave subtitles.
+    pub frame_captions: Vec<Option<String>>,
 }
 
 impl MediaInput {
@@ -122,6 +126,8 @@ pub struct EncodedMedia {
     pub intermediates: bool,
     /// Sampled frame times as the prompt writes them (Video-LLaMA).
     pub frame_timestamps: Vec<String>,
+    /// Subtitle text after each frame (MiniGPT4-Video).
+    pub frame_captions: Vec<Option<String>>,
     /// Family-specific stage tensors under their golden names (`frame_qformer_out`, …),
     /// for `--dump-tensors`; empty in encoder-cache entries.
     pub stage_tensors: Vec<(String, Tensor)>,
@@ -137,6 +143,7 @@ impl EncodedMedia {
             audio_seconds: 0.0,
             intermediates: true,
             frame_timestamps: Vec::new(),
+            frame_captions: Vec::new(),
             stage_tensors: Vec::new(),
         }
     }
@@ -284,6 +291,9 @@ impl Pipeline {
         if let Some(config) = video_llama::config_path(dir) {
             return Self::load_video_llama(&config, opts, start);
         }
+        if let Some(config) = minigpt4_video::config_path(dir) {
+            return Self::load_minigpt4_video(&config, opts, start);
+        }
         if !dir.is_dir() {
             return Err(PipelineError::MissingModelDir(dir.to_path_buf()));
         }
@@ -329,34 +339,67 @@ impl Pipeline {
 
     /// A Video-LLaMA folder: `eval_config.yaml` and the files it names.
     fn load_video_llama(config: &Path, opts: &LoadOptions, start: Instant) -> Result<Self> {
-        if opts.llm_gguf.is_some() {
-            return Err(PipelineError::Invalid(
-                "--llm replaces a VideoLLaMA 2 checkpoint's language model; Video-LLaMA \
-                 folders name theirs in eval_config.yaml (llama_model)"
-                    .into(),
-            ));
-        }
+        Self::refuse_llm_gguf(opts, "eval_config.yaml")?;
         let loaded = video_llama::load(config, opts, &opts.video_llama)?;
+        Self::from_family(
+            config,
+            opts,
+            start,
+            (loaded.model, loaded.tokenizer, loaded.generation_config),
+            Box::new(loaded.parts),
+        )
+    }
+
+    /// A MiniGPT4-Video folder: `model_config.yaml` and the files it names.
+    fn load_minigpt4_video(config: &Path, opts: &LoadOptions, start: Instant) -> Result<Self> {
+        Self::refuse_llm_gguf(opts, "model_config.yaml")?;
+        let loaded = minigpt4_video::load(config, opts, &opts.video_llama.config_options)?;
+        Self::from_family(
+            config,
+            opts,
+            start,
+            (loaded.model, loaded.tokenizer, loaded.generation_config),
+            Box::new(loaded.parts),
+        )
+    }
+
+    fn refuse_llm_gguf(opts: &LoadOptions, config: &str) -> Result<()> {
+        match &opts.llm_gguf {
+            Some(_) => Err(PipelineError::Invalid(format!(
+                "--llm replaces a VideoLLaMA 2 checkpoint's language model; this model names \
+                 its own in {config} (llama_model)"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// A pipeline over a family's parts (`family.rs`), loaded from the YAML at `config`.
+    fn from_family(
+        config: &Path,
+        opts: &LoadOptions,
+        start: Instant,
+        (model, tokenizer, generation_config): (VideoLlama2, Tokenizer, GenerationConfig),
+        family: Box<dyn family::Family>,
+    ) -> Result<Self> {
         let dir = config.parent().unwrap_or(Path::new(".")).to_path_buf();
-        // Video-LLaMA's prompts come from `conversation.rs`, not a Jinja chat template.
+        // These families write their prompts in code, not with a Jinja chat template.
         let template = prompt::ChatTemplate::new("", Some("<s>".into()), Some("</s>".into()))?;
-        let mut identity_opts = opts.clone();
-        identity_opts.video_llama.conv_template = Some(loaded.parts.template);
         Ok(Self {
             model_identity: format!(
-                "{} {:?}",
+                "{} {:?} {:?}",
                 cache::model_identity(&dir, opts),
-                opts.video_llama.config_options
+                opts.video_llama.config_options,
+                opts.video_llama.conv_template
             ),
             dir,
-            model: loaded.model,
-            tokenizer: loaded.tokenizer,
+            model,
+            tokenizer,
             template,
-            generation_config: loaded.generation_config,
+            generation_config,
             load_seconds: start.elapsed().as_secs_f64(),
             encoder_cache: EncoderCache::default(),
             weights: opts.weights.describe(),
-            family: Some(Box::new(loaded.parts)),
+            family: Some(family),
         })
     }
 
@@ -411,6 +454,7 @@ impl Pipeline {
             audio_seconds: start.elapsed().as_secs_f64(),
             intermediates: true,
             frame_timestamps: media.frame_timestamps.clone(),
+            frame_captions: media.frame_captions.clone(),
             stage_tensors,
         })
     }
@@ -692,7 +736,13 @@ impl Pipeline {
         }
         if opts.collect_tensors {
             let dev = &Device::Cpu;
-            if let Some(a) = &media.audio {
+            // The VideoLLaMA 2 stage names; a family names its own stages (above).
+            let generic = if self.family.is_none() {
+                (media.audio.as_ref(), media.visual.as_ref())
+            } else {
+                (None, None)
+            };
+            if let Some(a) = generic.0 {
                 tensors.insert(
                     "audio_fbank".to_string(),
                     a.audio_fbank.to_dtype(DType::F32)?,
@@ -706,7 +756,7 @@ impl Pipeline {
                     a.audio_connector_out.to_dtype(DType::F32)?,
                 );
             }
-            if let Some(v) = &media.visual {
+            if let Some(v) = generic.1 {
                 tensors.insert(
                     "pixel_values".to_string(),
                     v.pixel_values.to_dtype(DType::F32)?,

@@ -41,6 +41,35 @@ pub struct MediaRequest {
     /// Pad images/frames to a square with the mean colour first (training-time
     /// `image_aspect_ratio = pad`; the inference reference does not).
     pub pad_to_square: bool,
+    /// Where MiniGPT4-Video's subtitles come from (ignored by the other families).
+    pub subtitles: SubtitleChoice,
+}
+
+/// The subtitle source of a MiniGPT4-Video request (`--subtitles`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum SubtitleChoice {
+    /// A subtitle stream in the video's container, else speech recognition of its sound
+    /// when a Whisper model is configured, else none.
+    #[default]
+    Default,
+    /// `--subtitles none`.
+    None,
+    /// `--subtitles auto`: speech recognition of the sound track, always.
+    Recognize,
+    /// `--subtitles FILE` (.vtt or .srt).
+    File(PathBuf),
+}
+
+impl std::str::FromStr for SubtitleChoice {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(match s {
+            "none" => SubtitleChoice::None,
+            "auto" => SubtitleChoice::Recognize,
+            "default" => SubtitleChoice::Default,
+            path => SubtitleChoice::File(PathBuf::from(path)),
+        })
+    }
 }
 
 /// What preprocessing did, for `--json` and the server.

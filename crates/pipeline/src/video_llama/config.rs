@@ -98,7 +98,7 @@ pub struct EvalConfig {
 }
 
 /// Apply one `section.key=value` override to a YAML document (OmegaConf dot-list style).
-fn apply_override(doc: &mut serde_yaml_ng::Value, option: &str) -> Result<()> {
+pub(crate) fn apply_override(doc: &mut serde_yaml_ng::Value, option: &str) -> Result<()> {
     let (key, value) = option.split_once('=').ok_or_else(|| {
         PipelineError::Invalid(format!("--options {option:?}: expected KEY=VALUE"))
     })?;

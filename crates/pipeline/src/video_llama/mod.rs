@@ -559,7 +559,9 @@ pub fn config_path(dir: &Path) -> Option<PathBuf> {
 
 /// The LLM folder's tokenizer: `tokenizer.model` (SentencePiece, what the reference's slow
 /// `LlamaTokenizer` reads) when present, else `tokenizer.json`.
-fn load_tokenizer(llm_dir: &Path) -> Result<(tokenizers::Tokenizer, Option<SlowLlamaText>)> {
+pub(crate) fn load_llm_tokenizer(
+    llm_dir: &Path,
+) -> Result<(tokenizers::Tokenizer, Option<SlowLlamaText>)> {
     let model = llm_dir.join("tokenizer.model");
     if model.is_file() {
         let sp = SentencePieceModel::load(&model)?;
@@ -596,7 +598,7 @@ pub fn load(path: &Path, opts: &crate::LoadOptions, vopts: &VideoLlamaOptions) -
     let raw = crate::error::read_json(&llm_config_path)?;
     let llm_cfg: videollama_llm::DecoderConfig = serde_json::from_value(raw.clone())
         .map_err(|e| PipelineError::file(&llm_config_path, format!("llama_model config: {e}")))?;
-    let (tokenizer, slow_text) = load_tokenizer(&llm_dir)?;
+    let (tokenizer, slow_text) = load_llm_tokenizer(&llm_dir)?;
     let gen_path = llm_dir.join("generation_config.json");
     let generation_config: videollama_llm::GenerationConfig = if gen_path.is_file() {
         serde_json::from_value(crate::error::read_json(&gen_path)?).map_err(|e| {
