@@ -68,6 +68,10 @@ pub struct ChatRequest {
     pub start_s: Option<f64>,
     pub end_s: Option<f64>,
     pub use_audio: Option<bool>,
+    /// MiniGPT4-Video: `"none"`, `"auto"` (speech recognition) or `"default"`.
+    pub subtitles: Option<String>,
+    /// MiniGPT4-Video: the subtitles themselves (WebVTT or SRT text).
+    pub subtitles_text: Option<String>,
     /// System/developer messages seen (and ignored: the checkpoint's chat template
     /// supplies the reference's own system prompt).
     pub system_messages: usize,
@@ -874,6 +878,35 @@ fn parse_params(
         ));
     }
     req.use_audio = opt_bool(obj, "use_audio")?;
+    req.subtitles = match obj.get("subtitles") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if ["none", "auto", "default"].contains(&s.as_str()) => {
+            Some(s.clone())
+        }
+        Some(_) => {
+            return Err(bad(
+                "subtitles",
+                "`subtitles` must be \"none\", \"auto\" or \"default\" (send the text itself \
+                 in `subtitles_text`)",
+            ))
+        }
+    };
+    req.subtitles_text = match obj.get("subtitles_text") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            return Err(bad(
+                "subtitles_text",
+                "`subtitles_text` must be WebVTT or SRT text",
+            ))
+        }
+    };
+    if req.subtitles.is_some() && req.subtitles_text.is_some() {
+        return Err(bad(
+            "subtitles",
+            "give `subtitles` or `subtitles_text`, not both",
+        ));
+    }
     // `num_frames` is accepted and ignored: the checkpoint's config fixes it.
     Ok(())
 }

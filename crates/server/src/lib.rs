@@ -521,12 +521,35 @@ fn prepare(body: &[u8], state: &AppState) -> Result<Prepared, ApiError> {
             start_s: request.start_s,
             end_s: request.end_s,
             use_video_audio: request.use_audio,
+            subtitles: request
+                .subtitles
+                .as_deref()
+                .map(|s| s.parse().unwrap_or_default())
+                .unwrap_or_default(),
             ..MediaRequest::default()
         },
-        request,
         temp_files: Vec::new(),
         labels: Vec::new(),
+        request,
     };
+    if let Some(text) = prepared.request.subtitles_text.take() {
+        // A .vtt suffix for WebVTT text, .srt otherwise: the parser picks the format by it.
+        let ext = if text.trim_start_matches('\u{feff}').starts_with("WEBVTT") {
+            "vtt"
+        } else {
+            "srt"
+        };
+        let item = MediaItem {
+            kind: MediaKind::Video,
+            param: "subtitles_text".into(),
+            source: MediaSource::Bytes {
+                data: text.into_bytes(),
+                extension: ext.into(),
+            },
+        };
+        let path = write_media(item, &mut prepared)?;
+        prepared.media.subtitles = videollama_pipeline::media::SubtitleChoice::File(path);
+    }
     for item in [video, image, audio].into_iter().flatten() {
         let kind = item.kind;
         let path = write_media(item, &mut prepared)?;

@@ -330,6 +330,11 @@ struct MediaArgs {
     /// inference reference does not pad).
     #[arg(long)]
     pad: bool,
+    /// MiniGPT4-Video subtitles: a .vtt / .srt FILE, `none`, or `auto` (speech recognition
+    /// of the sound track). Default: a subtitle stream in the video's container, else
+    /// speech recognition when a Whisper model is configured, else none.
+    #[arg(long, value_name = "FILE|none|auto")]
+    subtitles: Option<String>,
     /// Preprocessed video frames: a safetensors file with `pixel_values` (T×3×H×W).
     #[arg(long, group = "media")]
     video_pixels: Option<PathBuf>,
@@ -459,6 +464,13 @@ pub fn run() -> Result<()> {
                 .and_then(videollama_pipeline::video_llama::config_path);
             if let Some(yaml) = yaml {
                 return inspect_video_llama(&yaml, &video_llama.config_options, json);
+            }
+            let minigpt4 = model
+                .as_deref()
+                .or(config.as_deref())
+                .and_then(videollama_pipeline::minigpt4_video::config_path);
+            if let Some(yaml) = minigpt4 {
+                return inspect_minigpt4_video(&yaml, &video_llama.config_options, json);
             }
             let config = match (model, config) {
                 (Some(dir), _) => dir.join("config.json"),
@@ -617,6 +629,11 @@ fn media_request(media: &MediaArgs) -> MediaRequest {
         use_video_audio: if media.no_audio { Some(false) } else { None },
         audio_crop_seed: media.audio_crop_seed,
         pad_to_square: media.pad,
+        subtitles: media
+            .subtitles
+            .as_deref()
+            .map(|s| s.parse().unwrap_or_default())
+            .unwrap_or_default(),
     }
 }
 
@@ -913,6 +930,52 @@ fn inspect_video_llama(config: &Path, options: &[String], as_json: bool) -> Resu
             .audio
             .map(|n| n.to_string())
             .unwrap_or_else(|| "-".into())
+    );
+    Ok(())
+}
+
+fn inspect_minigpt4_video(config: &Path, options: &[String], as_json: bool) -> Result<()> {
+    let r = videollama_pipeline::minigpt4_video::inspect::inspect(config, options)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    let b = |n: u64| format!("{:.4} B ({n})", n as f64 / 1e9);
+    println!("model           MiniGPT4-Video");
+    println!(
+        "language model  {:?}: {} layers, hidden {}, {} heads / {} kv heads, MLP {}, vocab {}",
+        r.llm.family,
+        r.llm.layers,
+        r.llm.hidden_size,
+        r.llm.attention_heads,
+        r.llm.kv_heads,
+        r.llm.intermediate_size,
+        r.llm.vocab_size
+    );
+    println!("vision encoder  {}", r.vision_encoder);
+    println!(
+        "token merge     4 patch tokens → 1: {} tokens per frame (llama_proj)",
+        r.tokens_per_frame
+    );
+    println!("LoRA            {}", r.lora);
+    println!(
+        "frames          at most {}, subtitles at most {} words, context cut {}",
+        r.max_frames, r.max_subtitle_words, r.context_window
+    );
+    let p = &r.parameters;
+    println!("parameters      total {}", b(p.total));
+    println!(
+        "                llm {}, vision encoder {}, projector {}, LoRA {}",
+        b(p.llm),
+        b(p.vision_encoder),
+        b(p.projector),
+        b(p.lora)
+    );
+    println!(
+        "tokens          video ({} frames) {}, image {}",
+        r.max_frames,
+        r.tokens.video.unwrap_or(0),
+        r.tokens.image.unwrap_or(0)
     );
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! ```
 
 pub mod config;
+pub mod inspect;
 pub mod media;
 
 pub use config::{MiniGpt4VideoConfig, ModelConfigFile, MODEL_CONFIG};
