@@ -40,9 +40,11 @@ pub mod frame;
 pub mod image_file;
 pub mod image_processor;
 pub mod imagebind_audio;
+pub mod minigpt4_video;
 pub mod resample;
 pub mod resize;
 pub mod sampling;
+pub mod subtitles;
 pub mod video_llama;
 
 pub use error::MediaError;

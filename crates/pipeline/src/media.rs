@@ -86,6 +86,11 @@ pub struct MediaReport {
     /// `file`, `video`, or `silence` (a video without a sound track on an AV checkpoint).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audio_source: Option<String>,
+    /// Where MiniGPT4-Video's subtitles came from, and how many cues.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subtitle_source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subtitle_cues: Option<usize>,
     pub preprocess_s: f64,
 }
 

@@ -78,10 +78,14 @@
 mod audio;
 mod error;
 mod input;
+mod opencv;
+mod subtitle;
 mod video;
 
 pub use audio::{decode_audio, decode_audio_16k_mono, TARGET_SAMPLE_RATE};
 pub use error::DecodeError;
+pub use opencv::{container_timing, ContainerTiming, OpenCvCapture};
+pub use subtitle::read_subtitle_stream;
 pub use video::{decode_frames, decode_frames_resized, probe, DecodeStats, VideoInfo, VideoReader};
 
 /// Largest accepted picture width or height, in pixels.

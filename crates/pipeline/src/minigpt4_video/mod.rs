@@ -51,6 +51,24 @@ pub struct MiniGpt4VideoParts {
     /// The weights that had LoRA factors merged into them.
     pub lora_merged: Vec<String>,
     pub slow_text: Option<SlowLlamaText>,
+    /// Speech recognition for subtitles (`--whisper` / `model.whisper_model`).
+    pub whisper: Option<std::path::PathBuf>,
+}
+
+impl MiniGpt4VideoParts {
+    /// Subtitles from the video's speech.
+    pub(crate) fn transcribe(&self, video: &Path) -> Result<Vec<videollama_media::subtitles::Cue>> {
+        let Some(_model) = &self.whisper else {
+            return Err(PipelineError::file(
+                video,
+                "speech recognition for subtitles needs a Whisper model (--whisper DIR or \
+                 model.whisper_model); or give --subtitles FILE / none",
+            ));
+        };
+        Err(PipelineError::Invalid(
+            "speech recognition: not wired yet".into(),
+        ))
+    }
 }
 
 /// What `inspect` and `--json` show.
@@ -568,6 +586,7 @@ pub fn load(path: &Path, opts: &crate::LoadOptions, config_options: &[String]) -
             context_window,
             lora_merged: merged,
             slow_text,
+            whisper: None,
         },
         model,
         tokenizer,

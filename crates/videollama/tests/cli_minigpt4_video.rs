@@ -1,0 +1,193 @@
+//! `videollama` on MiniGPT4-Video folders (`tests/golden/minigpt4-video{,-mistral}-tiny/checkpoint`:
+//! `model_config.yaml` and the files it names), end to end from the media files: every
+//! golden case's `generated_ids` and text exactly with `--max-new-tokens 12`
+//! (`video_subtitles` with `--subtitles inputs/video.vtt`, `video_no_subtitles` with
+//! `--subtitles none`), `--dump-tensors` under the fixture's names, `inspect`, and errors.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use videollama_testutil::{assert_close, case_json, golden, load_json, load_tensors};
+
+const FIXTURES: [&str; 2] = ["minigpt4-video-tiny", "minigpt4-video-mistral-tiny"];
+
+fn videollama(args: &[String]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_videollama"))
+        .args(args)
+        .output()
+        .expect("run videollama")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn input(fixture: &str, file: &str) -> String {
+    golden(&format!("{fixture}/inputs/{file}"))
+        .display()
+        .to_string()
+}
+
+/// `ask` in the exact mode with the tiny EVA ViT's head count from `fixture.json`.
+fn ask(fixture: &str, case: &str, extra: &[&str]) -> Output {
+    let dims = &load_json(&format!("{fixture}/fixture.json"))["dims"];
+    let model: PathBuf = golden(&format!("{fixture}/checkpoint"));
+    let mut args: Vec<String> = vec![
+        "ask".into(),
+        "--model".into(),
+        model.display().to_string(),
+        "--dtype".into(),
+        "f32".into(),
+        "--options".into(),
+        format!("model.vit_num_heads={}", dims["vit_heads"]),
+        "--max-new-tokens".into(),
+        "12".into(),
+    ];
+    match case {
+        "image" => args.extend(["--image".into(), input(fixture, "image.png")]),
+        "video_subtitles" => args.extend([
+            "--video".into(),
+            input(fixture, "video.mp4"),
+            "--subtitles".into(),
+            input(fixture, "video.vtt"),
+        ]),
+        "video_no_subtitles" => args.extend([
+            "--video".into(),
+            input(fixture, "video.mp4"),
+            "--subtitles".into(),
+            "none".into(),
+        ]),
+        other => panic!("unknown case {other}"),
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(
+        case_json(fixture, case)["question"]
+            .as_str()
+            .unwrap()
+            .into(),
+    );
+    videollama(&args)
+}
+
+#[test]
+fn ask_json_reproduces_every_case_of_both_fixtures() {
+    for fixture in FIXTURES {
+        for case in ["image", "video_subtitles", "video_no_subtitles"] {
+            let json: serde_json::Value =
+                serde_json::from_str(&ok(&ask(fixture, case, &["--json"]))).unwrap();
+            let want: Vec<i64> = load_tensors(&format!("{fixture}/{case}/expected.safetensors"))
+                ["generated_ids"]
+                .to_dtype(candle_core::DType::I64)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let got: Vec<i64> = json["token_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect();
+            assert_eq!(got, want, "{fixture}/{case}: generated ids");
+            let meta = case_json(fixture, case);
+            assert_eq!(
+                json["answer"], meta["generated_text"],
+                "{fixture}/{case}: text"
+            );
+            if case != "image" {
+                assert_eq!(
+                    json["media"]["frame_indices"],
+                    meta["sampled_frame_indices"]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn dump_tensors_uses_the_fixture_names() {
+    let fixture = FIXTURES[0];
+    let tmp = tempfile::tempdir().unwrap();
+    let dump = tmp.path().join("dump.safetensors");
+    ok(&ask(
+        fixture,
+        "video_subtitles",
+        &["--dump-tensors", dump.to_str().unwrap()],
+    ));
+    let got = candle_core::safetensors::load(&dump, &candle_core::Device::Cpu).unwrap();
+    let want = load_tensors(&format!("{fixture}/video_subtitles/expected.safetensors"));
+    for name in [
+        "pixel_values",
+        "vision_features",
+        "vision_features_ln",
+        "merged_tokens",
+        "visual_tokens",
+        "inputs_embeds",
+        "logits_steps",
+    ] {
+        assert_close(&format!("dump/{name}"), &got[name], &want[name]);
+    }
+    let ids = |t: &candle_core::Tensor| {
+        t.to_dtype(candle_core::DType::I64)
+            .unwrap()
+            .to_vec1::<i64>()
+            .unwrap()
+    };
+    assert_eq!(ids(&got["input_ids"]), ids(&want["input_ids"]));
+}
+
+#[test]
+fn inspect_and_errors() {
+    let model = golden("minigpt4-video-tiny/checkpoint")
+        .display()
+        .to_string();
+    let text = ok(&videollama(&[
+        "inspect".into(),
+        "--model".into(),
+        model.clone(),
+        "--options".into(),
+        "model.vit_num_heads=4".into(),
+    ]));
+    for needle in [
+        "EVA ViT 56 px, patch 14, width 48, 2 of 2 blocks, 4 heads",
+        "4 tokens per frame",
+        "r 8, alpha 2 (scale 0.25), 4 adapters",
+        "at most 45, subtitles at most 400 words, context cut 3700",
+        "video (45 frames) 180, image 4",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    // No head count for a non-published width, and a subtitle file that is not there.
+    let out = videollama(&[
+        "ask".into(),
+        "--model".into(),
+        model.clone(),
+        "--dtype".into(),
+        "f32".into(),
+        "hi".into(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("vit_num_heads"));
+    let out = videollama(&[
+        "ask".into(),
+        "--model".into(),
+        model,
+        "--options".into(),
+        "model.vit_num_heads=4".into(),
+        "--video".into(),
+        input(FIXTURES[0], "video.mp4"),
+        "--subtitles".into(),
+        "/no/such.vtt".into(),
+        "hi".into(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/no/such.vtt") && !err.contains("panicked"),
+        "{err}"
+    );
+}
