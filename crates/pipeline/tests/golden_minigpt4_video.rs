@@ -169,3 +169,113 @@ fn every_case_from_media_files() {
         }
     }
 }
+
+/// A copy of `fixture`'s `checkpoint/` under `root/checkpoint` (links to its files), where
+/// `edit` may replace files.
+fn copy_checkpoint(fixture: &str, root: &std::path::Path, skip: &[&str]) -> std::path::PathBuf {
+    let src = golden(&format!("{fixture}/checkpoint"));
+    let dst = root.join("checkpoint");
+    std::fs::create_dir_all(&dst).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if skip.iter().any(|s| name == *s) {
+            continue;
+        }
+        std::os::unix::fs::symlink(entry.path(), dst.join(&name)).unwrap();
+    }
+    dst
+}
+
+fn image_answer(dir: &std::path::Path, fixture: &str) -> Vec<u32> {
+    let dims = &load_json(&format!("{fixture}/fixture.json"))["dims"];
+    let opts = LoadOptions {
+        video_llama: VideoLlamaOptions {
+            config_options: vec![format!("model.vit_num_heads={}", dims["vit_heads"])],
+            conv_template: None,
+        },
+        ..LoadOptions::default()
+    };
+    let p = Pipeline::load(dir, &opts).unwrap();
+    let px = expected(fixture, "image")["pixel_values"].clone();
+    let media = p.encode_media(&MediaInput::image(px)).unwrap();
+    let opts = AnswerOptions {
+        max_new_tokens: 12,
+        ..AnswerOptions::default()
+    };
+    let q = case_json(fixture, "image")["question"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    p.answer(&[q], &media, &opts, |_| true).unwrap().token_ids
+}
+
+/// The same answers from the `.pth` files alone (candle's pickle reader, no safetensors
+/// twin) and with peft ≥ 0.3's LoRA key spelling (`lora_A.default.weight`).
+#[test]
+fn pth_only_and_peft_default_adapter_names_load_the_same_model() {
+    let fixture = FIXTURES[0];
+    let want: Vec<u32> = expected(fixture, "image")["generated_ids"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy_checkpoint(
+        fixture,
+        tmp.path(),
+        &[
+            "eva_vit_g.safetensors",
+            "video_llama_checkpoint_last.safetensors",
+        ],
+    );
+    assert_eq!(image_answer(&dir, fixture), want, ".pth files only");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy_checkpoint(
+        fixture,
+        tmp.path(),
+        &["video_llama_checkpoint_last.safetensors"],
+    );
+    let src = golden(&format!(
+        "{fixture}/checkpoint/video_llama_checkpoint_last.safetensors"
+    ));
+    let renamed: HashMap<String, Tensor> =
+        candle_core::safetensors::load(&src, &candle_core::Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| {
+                let k = k
+                    .replace(".lora_A.weight", ".lora_A.default.weight")
+                    .replace(".lora_B.weight", ".lora_B.default.weight");
+                (k, v)
+            })
+            .collect();
+    assert!(renamed.keys().any(|k| k.contains(".lora_A.default.")));
+    candle_core::safetensors::save(
+        &renamed,
+        dir.join("video_llama_checkpoint_last.safetensors"),
+    )
+    .unwrap();
+    assert_eq!(image_answer(&dir, fixture), want, "peft >= 0.3 key names");
+
+    // LoRA off (its factors renamed away) changes the answer: the adapters matter.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy_checkpoint(
+        fixture,
+        tmp.path(),
+        &["video_llama_checkpoint_last.safetensors"],
+    );
+    let no_lora: HashMap<String, Tensor> =
+        candle_core::safetensors::load(&src, &candle_core::Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| !k.contains(".lora_"))
+            .collect();
+    candle_core::safetensors::save(
+        &no_lora,
+        dir.join("video_llama_checkpoint_last.safetensors"),
+    )
+    .unwrap();
+    assert_ne!(image_answer(&dir, fixture), want, "without LoRA");
+}
