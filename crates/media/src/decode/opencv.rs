@@ -43,7 +43,7 @@ use ffmpeg::media::Type as MediaType;
 use ffmpeg_next as ffmpeg;
 
 use super::input::{codec_name, open_input, PacketReader, ReadOutcome};
-use super::video::rotate;
+use super::video::{checked_frame, rotate, ConvertError};
 use super::{DecodeError, MAX_DIMENSION};
 use crate::frame::RgbImage;
 
@@ -359,12 +359,6 @@ impl OpenCvCapture {
     }
 }
 
-enum ConvertError {
-    Dimensions(u32, u32),
-    Unsupported(String),
-    Ffmpeg(String),
-}
-
 /// The swscale set-up of OpenCV's `retrieveFrame` (module docs).
 struct BgrConverter {
     sws: *mut ffi::SwsContext,
@@ -421,30 +415,8 @@ impl BgrConverter {
         coded: (i32, i32),
     ) -> Result<RgbImage, ConvertError> {
         unsafe {
-            let (fmt, w, h) = ((*src).format, (*src).width, (*src).height);
-            if w <= 0 || h <= 0 || w as u32 > MAX_DIMENSION || h as u32 > MAX_DIMENSION {
-                return Err(ConvertError::Dimensions(w.max(0) as u32, h.max(0) as u32));
-            }
-            if fmt < 0 || fmt >= ffi::AVPixelFormat::AV_PIX_FMT_NB as i32 {
-                return Err(ConvertError::Unsupported(format!(
-                    "decoder produced an unknown pixel format ({fmt})"
-                )));
-            }
-            // In range, checked above.
-            let pix: ffi::AVPixelFormat = std::mem::transmute::<i32, ffi::AVPixelFormat>(fmt);
-            if ffi::sws_isSupportedInput(pix) == 0 {
-                let name = ffi::av_get_pix_fmt_name(pix);
-                let name = if name.is_null() {
-                    format!("#{fmt}")
-                } else {
-                    std::ffi::CStr::from_ptr(name)
-                        .to_string_lossy()
-                        .into_owned()
-                };
-                return Err(ConvertError::Unsupported(format!(
-                    "pixel format {name} cannot be converted to BGR"
-                )));
-            }
+            let (pix, w, h) = checked_frame(src)?;
+            let fmt = pix as i32;
             // OpenCV's buffer size: the coded size (when usable, see the module docs).
             let (cw, ch) = coded;
             let bw = if cw >= w && cw as u32 <= MAX_DIMENSION && Self::planes_fit(src, pix, cw) {

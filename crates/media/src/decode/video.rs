@@ -848,10 +848,47 @@ pub(crate) fn rotate(img: RgbImage, degrees: u32) -> RgbImage {
     }
 }
 
-enum ConvertError {
+pub(super) enum ConvertError {
     Dimensions(u32, u32),
     Unsupported(String),
     Ffmpeg(String),
+}
+
+/// A decoded frame's pixel format and size, checked before any swscale work: sane
+/// dimensions, a known format that swscale can read.
+///
+/// # Safety
+/// `src` must point to a valid decoded `AVFrame`.
+pub(super) unsafe fn checked_frame(
+    src: *const ffi::AVFrame,
+) -> Result<(ffi::AVPixelFormat, i32, i32), ConvertError> {
+    unsafe {
+        let (fmt, w, h) = ((*src).format, (*src).width, (*src).height);
+        if w <= 0 || h <= 0 || w as u32 > MAX_DIMENSION || h as u32 > MAX_DIMENSION {
+            return Err(ConvertError::Dimensions(w.max(0) as u32, h.max(0) as u32));
+        }
+        if fmt < 0 || fmt >= ffi::AVPixelFormat::AV_PIX_FMT_NB as i32 {
+            return Err(ConvertError::Unsupported(format!(
+                "decoder produced an unknown pixel format ({fmt})"
+            )));
+        }
+        // In range, checked above.
+        let pix: ffi::AVPixelFormat = std::mem::transmute::<i32, ffi::AVPixelFormat>(fmt);
+        if ffi::sws_isSupportedInput(pix) == 0 {
+            let name = ffi::av_get_pix_fmt_name(pix);
+            let name = if name.is_null() {
+                format!("#{fmt}")
+            } else {
+                std::ffi::CStr::from_ptr(name)
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            return Err(ConvertError::Unsupported(format!(
+                "pixel format {name} cannot be converted by swscale"
+            )));
+        }
+        Ok((pix, w, h))
+    }
 }
 
 /// Decoded frame → RGB24 through swscale, set up the way decord's `scale=W:H` filter with
@@ -951,30 +988,8 @@ impl RgbConverter {
         tags: *const ffi::AVFrame,
     ) -> Result<RgbImage, ConvertError> {
         unsafe {
-            let (fmt, w, h) = ((*src).format, (*src).width, (*src).height);
-            if w <= 0 || h <= 0 || w as u32 > MAX_DIMENSION || h as u32 > MAX_DIMENSION {
-                return Err(ConvertError::Dimensions(w.max(0) as u32, h.max(0) as u32));
-            }
-            if fmt < 0 || fmt >= ffi::AVPixelFormat::AV_PIX_FMT_NB as i32 {
-                return Err(ConvertError::Unsupported(format!(
-                    "decoder produced an unknown pixel format ({fmt})"
-                )));
-            }
-            // In range, checked above.
-            let pix: ffi::AVPixelFormat = std::mem::transmute::<i32, ffi::AVPixelFormat>(fmt);
-            if ffi::sws_isSupportedInput(pix) == 0 {
-                let name = ffi::av_get_pix_fmt_name(pix);
-                let name = if name.is_null() {
-                    format!("#{fmt}")
-                } else {
-                    std::ffi::CStr::from_ptr(name)
-                        .to_string_lossy()
-                        .into_owned()
-                };
-                return Err(ConvertError::Unsupported(format!(
-                    "pixel format {name} cannot be converted to RGB"
-                )));
-            }
+            let (pix, w, h) = checked_frame(src)?;
+            let fmt = pix as i32;
             let (ow, oh) = self.target.unwrap_or((w, h));
             if self.key != (fmt, w, h) {
                 self.release_sws();
