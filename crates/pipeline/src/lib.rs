@@ -248,6 +248,9 @@ pub struct LoadOptions {
     pub llm_gguf: Option<PathBuf>,
     /// Video-LLaMA folders (`eval_config.yaml`): config overrides and template choice.
     pub video_llama: video_llama::VideoLlamaOptions,
+    /// A Whisper model folder (Hugging Face or CTranslate2) for subtitles from speech
+    /// (MiniGPT4-Video); overrides the config's `whisper_model`.
+    pub whisper: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -258,6 +261,7 @@ impl Default for LoadOptions {
             weights: WeightOptions::default(),
             llm_gguf: None,
             video_llama: Default::default(),
+            whisper: None,
         }
     }
 }

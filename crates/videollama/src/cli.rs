@@ -98,6 +98,19 @@ enum Command {
     /// Write a checkpoint's weights once, quantized, as OUT/model.gguf (+ its json files);
     /// `--model OUT` then loads without quantizing.
     Quantize(crate::quantize::QuantizeArgs),
+    /// Transcribe the speech of a sound or video file with Whisper and print WebVTT
+    /// (the subtitles MiniGPT4-Video interleaves with its frames).
+    Transcribe {
+        /// The sound or video file.
+        file: PathBuf,
+        /// Whisper model folder (Hugging Face or CTranslate2); default $VIDEOLLAMA_WHISPER.
+        #[arg(long)]
+        whisper: Option<PathBuf>,
+        /// Spoken language (code or English name); default: English for `.en` models,
+        /// detected otherwise.
+        #[arg(long)]
+        language: Option<String>,
+    },
     /// Describe a checkpoint: architecture, parameter counts, tokens per input.
     Inspect {
         /// Checkpoint folder (reads its config.json, or a Video-LLaMA eval_config.yaml and
@@ -136,6 +149,11 @@ struct ModelArgs {
     encoder_cache_mb: usize,
     #[command(flatten)]
     video_llama: VideoLlamaArgs,
+    /// A Whisper model folder (Hugging Face, or CTranslate2 `model.bin` as faster-whisper
+    /// ships it) for MiniGPT4-Video's subtitles from speech (default: $VIDEOLLAMA_WHISPER,
+    /// or the config's `whisper_model`).
+    #[arg(long)]
+    whisper: Option<PathBuf>,
 }
 
 /// Options of Video-LLaMA folders (`eval_config.yaml`); ignored by other models.
@@ -245,6 +263,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         // Every run must encode its media: a cache hit would time nothing.
         encoder_cache_mb: 0,
         video_llama: VideoLlamaArgs::default(),
+        whisper: None,
     };
     let mode = format!(
         "{} {}",
@@ -445,6 +464,11 @@ pub fn run() -> Result<()> {
             videollama_server::serve(pipeline, config)
         }
         Command::Bench(args) => bench(&args),
+        Command::Transcribe {
+            file,
+            whisper,
+            language,
+        } => transcribe(&file, whisper.as_deref(), language),
         Command::Quantize(args) => crate::quantize::run(&args),
         Command::BenchMedia {
             video,
@@ -560,6 +584,7 @@ impl WeightArgs {
             },
             llm_gguf: self.llm.clone(),
             video_llama: Default::default(),
+            whisper: None,
         })
     }
 }
@@ -568,6 +593,7 @@ fn load(model: &ModelArgs) -> Result<Pipeline> {
     model.weights.apply_threads();
     let mut opts = model.weights.load_options()?;
     opts.video_llama = model.video_llama.options()?;
+    opts.whisper = whisper_dir(model.whisper.as_deref());
     let pb = spinner(&format!("loading {}", model.model.display()));
     let pipeline = Pipeline::load(&model.model, &opts);
     pb.finish_and_clear();
@@ -724,6 +750,7 @@ fn ask(model: &ModelArgs, media: &MediaArgs, gen: &GenArgs, question: &str) -> R
             "audio_tokens": answer.audio_tokens,
             "modality": encoded.modality,
             "stop_reason": answer.stop_reason,
+            "prompt": answer.prompt,
             "weights": pipeline.weights,
             "media": report,
             "timings": {
@@ -977,5 +1004,35 @@ fn inspect_minigpt4_video(config: &Path, options: &[String], as_json: bool) -> R
         r.tokens.video.unwrap_or(0),
         r.tokens.image.unwrap_or(0)
     );
+    Ok(())
+}
+
+/// `--whisper DIR`, else `$VIDEOLLAMA_WHISPER`.
+fn whisper_dir(flag: Option<&Path>) -> Option<PathBuf> {
+    flag.map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("VIDEOLLAMA_WHISPER").map(PathBuf::from))
+}
+
+fn transcribe(file: &Path, whisper: Option<&Path>, language: Option<String>) -> Result<()> {
+    let dir = whisper_dir(whisper).context(
+        "no Whisper model: give --whisper DIR (a Hugging Face or CTranslate2 Whisper folder) \
+         or set VIDEOLLAMA_WHISPER",
+    )?;
+    if !file.exists() {
+        bail!("{}: no such file", file.display());
+    }
+    let pb = spinner(&format!("loading {}", dir.display()));
+    let model = videollama_asr::Whisper::load(&dir);
+    pb.finish_and_clear();
+    let mut model = model?;
+    if language.is_some() {
+        let mut opts = model.options().clone();
+        opts.language = language;
+        model.set_options(opts)?;
+    }
+    let pb = spinner(&format!("transcribing {}", file.display()));
+    let segments = model.transcribe_file(file);
+    pb.finish_and_clear();
+    print!("{}", videollama_asr::to_webvtt(&segments?));
     Ok(())
 }

