@@ -498,3 +498,36 @@ fn bench_decode_60s_640x360() {
         t.elapsed()
     );
 }
+
+/// Open-GOP H.264 (B-frames after a non-IDR keyframe that refer to the GOP before it): a
+/// frame right after the last keyframe is reached by seeking and, when that decode runs out,
+/// by decoding from the start — never "could not be decoded" (found by the demo-data work).
+#[test]
+fn open_gop_frames_after_the_last_keyframe_decode() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let dir = tmp_dir("open_gop");
+    let path = dir.join("open_gop.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=96x64:rate=25",
+        "-frames:v",
+        "52",
+        "-c:v",
+        "libx264",
+        "-x264-params",
+        "keyint=50:min-keyint=50:open-gop=1:bframes=3:scenecut=0",
+        "-pix_fmt",
+        "yuv420p",
+        path.to_str().unwrap(),
+    ]);
+    let all: Vec<usize> = (0..52).collect();
+    let sequential = decode_frames(&path, &all).unwrap();
+    for t in [49, 50, 51] {
+        let one = decode_frames(&path, &[t]).unwrap_or_else(|e| panic!("frame {t}: {e}"));
+        assert_eq!(one[0].data, sequential[t].data, "frame {t}");
+    }
+}

@@ -420,10 +420,15 @@ impl VideoReader {
                 (None, Some(_)) => true,
                 (_, None) => false,
             };
+            // Set when this target is approached by a seek: if the stream then ends before
+            // the target (seen with open-GOP H.264, whose frames after the keyframe can need
+            // the previous GOP), it is decoded again from the start of the file instead.
+            let mut sought = false;
             if do_seek {
                 let k = key.expect("seek implies a keyframe");
                 if self.seek_session(&mut session, k, target_ts, stats)? {
                     next_pos = None;
+                    sought = true;
                 } else {
                     session = self.open_session(stats)?;
                     next_pos = Some(0);
@@ -438,6 +443,13 @@ impl VideoReader {
             // Decode forward to the first frame at or after the target timestamp.
             loop {
                 let Some(frame) = session.next_frame(path)? else {
+                    if sought {
+                        sought = false;
+                        session = self.open_session(stats)?;
+                        next_pos = Some(0);
+                        output_count = 0;
+                        continue;
+                    }
                     return Err(missing_frame_error(path, t, n_frames(idx), &session));
                 };
                 stats.frames_decoded += 1;
