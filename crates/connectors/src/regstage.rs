@@ -24,7 +24,7 @@
 //! `b{i}.se.fc2.{weight [mid,rd,1,1],bias}`, `b{i}.conv3.conv.weight [out,mid,1,1]`, `b{i}.conv3.bn.*`,
 //! `b1.downsample.conv.weight [out,Cb,1,1]`, `b1.downsample.bn.*`.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use videollama_nn::{layer_norm, LayerNorm, Linear};
 
@@ -87,7 +87,8 @@ impl ConvNorm1x1 {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let y = self.bn.forward(&linear_last(&self.conv, xs)?)?;
+        // The fused LayerNorm kernel for inference, its composed form in training.
+        let y = videollama_nn::autograd::layer_norm(&self.bn, &linear_last(&self.conv, xs)?)?;
         if self.act {
             y.silu()
         } else {
@@ -120,7 +121,7 @@ impl DwConvNorm3x3 {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.bn.forward(&depthwise3x3_nhwc(xs, &self.taps)?)?.silu()
+        videollama_nn::autograd::layer_norm(&self.bn, &depthwise3x3_nhwc(xs, &self.taps)?)?.silu()
     }
 }
 

@@ -7,10 +7,17 @@
 //!
 //! The model is immutable (`Send + Sync`, shareable behind an `Arc`); everything that changes
 //! while a request is decoded lives in a [`KvCache`] owned by the caller.
+//!
+//! Training (crate `videollama-train`): [`DecoderLm::forward_train`] runs the whole sequence
+//! without a cache and returns the logits of chosen rows; when its input tracks a `Var`
+//! every op takes its differentiable form ([`videollama_nn::autograd`]: composed RMSNorm,
+//! RoPE and attention). LoRA adapters attach to the q/k/v/o and gate/up/down projections by
+//! name ([`DecoderLm::attach_lora`]) and fold into the weights with [`DecoderLm::merge_lora`].
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use videollama_nn::attention::{attention, AttentionMask};
+use videollama_nn::autograd::{is_differentiable, rms_norm as norm_forward};
 use videollama_nn::{
     forward_many, linear_b, linear_no_bias, quantize_in_scope, rms_norm, Linear, RmsNorm,
 };
@@ -196,13 +203,13 @@ impl Attention {
 
     /// `xs`: `[1, L, H]` at positions `offset..offset+L`; the new keys/values are written
     /// into layer `index` of `cache` and attention reads the cached positions plus them.
+    /// Without a cache (training) `offset` must be 0 and attention reads these L positions.
     fn forward(
         &self,
         xs: &Tensor,
         rope: &RotaryEmbedding,
         offset: usize,
-        cache: &mut KvCache,
-        index: usize,
+        cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let (b, l, _) = xs.dims3()?;
         let heads = |t: Tensor, n: usize| t.reshape((b, l, n, self.head_dim))?.transpose(1, 2);
@@ -212,10 +219,13 @@ impl Attention {
             qkv.next().unwrap(),
             qkv.next().unwrap(),
         );
-        let q = rope.apply(&heads(q, self.n_heads)?, offset)?;
-        let k = rope.apply(&heads(k, self.n_kv_heads)?, offset)?;
+        let q = apply_rope(rope, &heads(q, self.n_heads)?, offset)?;
+        let k = apply_rope(rope, &heads(k, self.n_kv_heads)?, offset)?;
         let v = heads(v, self.n_kv_heads)?;
-        let (k, v) = cache.append(index, offset, &k, &v)?;
+        let (k, v) = match cache {
+            Some((cache, index)) => cache.append(index, offset, &k, &v)?,
+            None => (k, v),
+        };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let y = attention(&q, &k, &v, scale, AttentionMask::Causal { offset })?;
         let y = y
@@ -224,6 +234,28 @@ impl Attention {
         self.o_proj.forward(&y)
     }
 }
+
+/// RoPE: candle's fused kernel for inference; the composed `rotate_half` form (ops with a
+/// backward, same tables) when gradients must flow.
+fn apply_rope(rope: &RotaryEmbedding, xs: &Tensor, offset: usize) -> Result<Tensor> {
+    if is_differentiable(xs) {
+        let (cos, sin) = rope.tables(offset, xs.dim(2)?, xs.dtype())?;
+        candle_nn::rotary_emb::rope_slow(xs, &cos, &sin)
+    } else {
+        rope.apply(xs, offset)
+    }
+}
+
+/// The LoRA target names (HF module names) [`DecoderLm::attach_lora`] accepts.
+pub const LORA_TARGETS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
 
 #[derive(Debug, Clone)]
 struct DecoderLayer {
@@ -270,21 +302,59 @@ impl DecoderLayer {
         xs: &Tensor,
         rope: &RotaryEmbedding,
         offset: usize,
-        cache: &mut KvCache,
-        index: usize,
+        cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let a = self.self_attn.forward(
-            &self.input_layernorm.forward(xs)?,
+            &norm_forward(&self.input_layernorm, xs)?,
             rope,
             offset,
             cache,
-            index,
         )?;
         let h = (xs + a)?;
         let f = self
             .ffn
-            .forward(&self.post_attention_layernorm.forward(&h)?)?;
+            .forward(&norm_forward(&self.post_attention_layernorm, &h)?)?;
         h + f
+    }
+
+    /// The projections by HF name (`self_attn.q_proj`, …, `mlp.down_proj`; no MLP entries
+    /// for a sparse-MoE layer).
+    fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+        let a = &mut self.self_attn;
+        let mut out: Vec<(&'static str, &mut Linear)> = vec![
+            ("self_attn.q_proj", &mut a.q_proj),
+            ("self_attn.k_proj", &mut a.k_proj),
+            ("self_attn.v_proj", &mut a.v_proj),
+            ("self_attn.o_proj", &mut a.o_proj),
+        ];
+        if let FeedForward::Dense(m) = &mut self.ffn {
+            let [g, u, d] = m.linears_mut();
+            out.extend([
+                ("mlp.gate_proj", g),
+                ("mlp.up_proj", u),
+                ("mlp.down_proj", d),
+            ]);
+        }
+        out
+    }
+
+    fn linears(&self) -> Vec<(&'static str, &Linear)> {
+        let a = &self.self_attn;
+        let mut out: Vec<(&'static str, &Linear)> = vec![
+            ("self_attn.q_proj", &a.q_proj),
+            ("self_attn.k_proj", &a.k_proj),
+            ("self_attn.v_proj", &a.v_proj),
+            ("self_attn.o_proj", &a.o_proj),
+        ];
+        if let FeedForward::Dense(m) = &self.ffn {
+            let [g, u, d] = m.linears();
+            out.extend([
+                ("mlp.gate_proj", g),
+                ("mlp.up_proj", u),
+                ("mlp.down_proj", d),
+            ]);
+        }
+        out
     }
 }
 
@@ -411,7 +481,7 @@ impl DecoderLm {
         // New keys/values are written past `cache.len`, which only moves once every layer
         // succeeded: a failed forward leaves the cache as it was.
         for (index, layer) in self.layers.iter().enumerate() {
-            xs = layer.forward(&xs, &self.rope, offset, cache, index)?;
+            xs = layer.forward(&xs, &self.rope, offset, Some((&mut *cache, index)))?;
         }
         // Only the last position's logits are ever needed (norm + lm_head on one row).
         let last = xs.narrow(1, l - 1, 1)?.contiguous()?;
@@ -425,6 +495,133 @@ impl DecoderLm {
     pub fn forward_tokens(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
         let ids = Tensor::new(ids, &self.device)?;
         self.forward_embeds(&self.embed_tokens(&ids)?.unsqueeze(0)?, cache)
+    }
+
+    /// Training forward: `embeds` (`[L, H]` or `[1, L, H]`) as positions `0..L` with no KV
+    /// cache, and the logits `[P, V]` (model dtype) of the positions `rows` (all L when
+    /// `None`); row `p` predicts the token at position `p + 1`. Gradients flow back to
+    /// `embeds` and to any LoRA `Var`s (see the module docs).
+    pub fn forward_train(&self, embeds: &Tensor, rows: Option<&[u32]>) -> Result<Tensor> {
+        let embeds = match embeds.rank() {
+            2 => embeds.unsqueeze(0)?,
+            3 => embeds.clone(),
+            r => candle_core::bail!("forward_train expects [1, L, H] or [L, H], got rank {r}"),
+        };
+        let (b, l, h) = embeds.dims3()?;
+        if b != 1 || l == 0 || h != self.cfg.hidden_size {
+            candle_core::bail!(
+                "forward_train expects [1, L>0, {}], got {:?}",
+                self.cfg.hidden_size,
+                embeds.shape()
+            )
+        }
+        let mut xs = embeds.to_dtype(self.dtype)?;
+        for layer in &self.layers {
+            xs = layer.forward(&xs, &self.rope, 0, None)?;
+        }
+        let xs = xs.squeeze(0)?;
+        let xs = match rows {
+            Some(rows) => {
+                if let Some(&bad) = rows.iter().find(|&&r| r as usize >= l) {
+                    candle_core::bail!("forward_train: row {bad} is outside the {l} positions");
+                }
+                xs.index_select(&Tensor::new(rows, &self.device)?, 0)?
+            }
+            None => xs,
+        };
+        self.lm_head.forward(&norm_forward(&self.norm, &xs)?)
+    }
+
+    /// Attach a LoRA adapter (`scale = alpha / r`) to every projection whose HF module name
+    /// (`q_proj`, …, see [`LORA_TARGETS`]) is in `targets`, in every layer. The factors
+    /// are read from `vb` (the model root: `model.layers.{i}.self_attn.q_proj.lora_A.weight`
+    /// `[r, in]` and `….lora_B.weight` `[out, r]`); a `VarMap`-backed builder creates the
+    /// missing ones with peft's initialisation (A Kaiming-uniform, bound `1/√in`; B zero), so
+    /// they train. Returns the adapted modules' names (`model.layers.0.self_attn.q_proj`, …).
+    /// MLP targets are refused for sparse-MoE layers.
+    pub fn attach_lora(
+        &mut self,
+        targets: &[String],
+        r: usize,
+        alpha: f64,
+        vb: VarBuilder,
+    ) -> Result<Vec<String>> {
+        if r == 0 {
+            candle_core::bail!("LoRA rank r must be at least 1");
+        }
+        for t in targets {
+            if !LORA_TARGETS.contains(&t.as_str()) {
+                candle_core::bail!(
+                    "unknown LoRA target {t:?}; the projections are {}",
+                    LORA_TARGETS.join(", ")
+                );
+            }
+        }
+        let moe = matches!(self.cfg.num_local_experts, Some(e) if e > 0);
+        let mlp = |t: &String| ["gate_proj", "up_proj", "down_proj"].contains(&t.as_str());
+        if moe && targets.iter().any(mlp) {
+            candle_core::bail!(
+                "LoRA on the experts of a sparse-MoE model is not supported (targets {targets:?})"
+            );
+        }
+        let scale = alpha / r as f64;
+        let mut names = Vec::new();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for (name, linear) in layer.linears_mut() {
+                let short = name.rsplit('.').next().unwrap_or(name);
+                if !targets.iter().any(|t| t == short) {
+                    continue;
+                }
+                let full = format!("model.layers.{i}.{name}");
+                let lvb = vb.pp(&full);
+                let (out, inp) = (linear.out_dim(), linear.in_dim());
+                let bound = 1.0 / (inp as f64).sqrt();
+                let a = lvb.pp("lora_A").get_with_hints(
+                    (r, inp),
+                    "weight",
+                    candle_nn::Init::Uniform {
+                        lo: -bound,
+                        up: bound,
+                    },
+                )?;
+                let b = lvb.pp("lora_B").get_with_hints(
+                    (out, r),
+                    "weight",
+                    candle_nn::Init::Const(0.0),
+                )?;
+                *linear = linear.clone().with_lora(a, b, scale)?;
+                names.push(full);
+            }
+        }
+        Ok(names)
+    }
+
+    /// Every projection of every layer with its module name (`model.layers.{i}.self_attn.q_proj`,
+    /// …): to export adapters or merged weights.
+    pub fn linears(&self) -> Vec<(String, &Linear)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, layer)| {
+                layer
+                    .linears()
+                    .into_iter()
+                    .map(move |(name, l)| (format!("model.layers.{i}.{name}"), l))
+            })
+            .collect()
+    }
+
+    /// Fold every LoRA adapter into its weight (`W + scale·B·A`, [`videollama_nn::lora::merge`]),
+    /// leaving dense layers without adapters.
+    pub fn merge_lora(&mut self) -> Result<()> {
+        for layer in &mut self.layers {
+            for (_, linear) in layer.linears_mut() {
+                if linear.lora().is_some() {
+                    *linear = linear.merged()?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -572,6 +769,79 @@ mod tests {
             let tol = if dt == DType::F16 { 0.05 } else { 0.2 };
             assert!(d < tol, "{dt:?}: {d}");
         }
+        Ok(())
+    }
+
+    /// The training forward (no cache, differentiable ops when a Var is involved) gives the
+    /// logits of the inference forward at every row; LoRA adapters with B = 0 change
+    /// nothing, merging equals the adapter path, and gradients reach A, B and the input.
+    #[test]
+    fn training_forward_and_lora() -> Result<()> {
+        for (moe, bias) in [(false, true), (true, false)] {
+            let mut m = tiny(moe, bias, false, DType::F32)?;
+            let ids: Vec<u32> = vec![3, 17, 42, 8, 1, 29];
+            let embeds = m.embed_tokens(&Tensor::new(ids.as_slice(), &Device::Cpu)?)?;
+            let all = m.forward_train(&embeds, None)?;
+            assert_eq!(all.dims(), &[6, 50]);
+            for n in [1, 4, 6] {
+                let want = m.forward_tokens(&ids[..n], &mut m.new_cache())?;
+                let got = m.forward_train(&embeds.narrow(0, 0, n)?, Some(&[n as u32 - 1]))?;
+                assert!(max_diff(&got.squeeze(0)?, &want) < 1e-5, "n={n}");
+            }
+            // Forced differentiable ops agree with the fused inference kernels.
+            let forced = videollama_nn::autograd_scope(|| m.forward_train(&embeds, None))?;
+            assert!(max_diff(&forced, &all) < 1e-5);
+
+            let vm = candle_nn::VarMap::new();
+            let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+            let targets: Vec<String> = if moe {
+                vec!["q_proj".into(), "o_proj".into()]
+            } else {
+                LORA_TARGETS.iter().map(|t| t.to_string()).collect()
+            };
+            let names = m.attach_lora(&targets, 2, 4.0, vb)?;
+            assert_eq!(names.len(), 2 * targets.len());
+            assert_eq!(vm.all_vars().len(), 2 * names.len());
+            let zero_b = m.forward_train(&embeds, None)?;
+            // (The adapters are Vars, so the forward takes the differentiable ops: compare
+            // with the forced run, exactly.)
+            assert_eq!(
+                max_diff(&zero_b, &forced),
+                0.0,
+                "B = 0 must not change the logits"
+            );
+            // Give B values, then compare the adapter path with the merged weights.
+            for (name, var) in vm.data().lock().unwrap().iter() {
+                if name.contains("lora_B") {
+                    var.set(&Tensor::randn(0f32, 0.3, var.shape(), &Device::Cpu)?)?;
+                }
+            }
+            let x = candle_core::Var::from_tensor(&embeds)?;
+            let adapted = m.forward_train(x.as_tensor(), None)?;
+            assert!(max_diff(&adapted, &all) > 1e-3);
+            let grads = adapted.sqr()?.sum_all()?.backward()?;
+            assert!(grads.get(x.as_tensor()).is_some());
+            for var in vm.all_vars() {
+                let g = grads
+                    .get(var.as_tensor())
+                    .expect("gradient for every factor");
+                assert!(g.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0);
+            }
+            let mut merged = m.clone();
+            merged.merge_lora()?;
+            assert!(merged.linears().iter().all(|(_, l)| l.lora().is_none()));
+            let d = max_diff(&merged.forward_train(&embeds, None)?, &adapted);
+            assert!(d < 1e-4, "merged vs adapter: {d}");
+            let mut cache = m.new_cache();
+            let inference = m.forward_tokens(&ids, &mut cache)?;
+            assert!(max_diff(&inference, &adapted.get(5)?) < 1e-4);
+        }
+        let mut m = tiny(true, false, false, DType::F32)?;
+        let vb = VarBuilder::from_varmap(&candle_nn::VarMap::new(), DType::F32, &Device::Cpu);
+        assert!(m
+            .attach_lora(&["up_proj".into()], 2, 4.0, vb.clone())
+            .is_err());
+        assert!(m.attach_lora(&["qproj".into()], 2, 4.0, vb).is_err());
         Ok(())
     }
 

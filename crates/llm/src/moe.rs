@@ -31,6 +31,16 @@ impl SwiGlu {
         })
     }
 
+    /// `[gate, up, down]` (for LoRA adapters and their export).
+    pub fn linears(&self) -> [&Linear; 3] {
+        [&self.gate, &self.up, &self.down]
+    }
+
+    /// `[gate, up, down]`, mutable (to attach or merge LoRA adapters).
+    pub fn linears_mut(&mut self) -> [&mut Linear; 3] {
+        [&mut self.gate, &mut self.up, &mut self.down]
+    }
+
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let mut gu = videollama_nn::forward_many(&[&self.gate, &self.up], xs)?.into_iter();
         let (gate, up) = (gu.next().unwrap(), gu.next().unwrap());

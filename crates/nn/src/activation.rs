@@ -28,8 +28,10 @@ pub enum Activation {
 
 impl Activation {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        // Contiguous f32 CPU tensors take the vectorised, multi-threaded kernels.
+        // Contiguous f32 CPU tensors take the vectorised, multi-threaded kernels (not in
+        // training: they have no backward, see `crate::autograd`).
         let fast = match self {
+            _ if crate::autograd::is_differentiable(xs) => None,
             Activation::GeluTanh => Some(Unary::GeluTanh),
             Activation::QuickGelu => Some(Unary::QuickGelu),
             Activation::Silu => Some(Unary::Silu),

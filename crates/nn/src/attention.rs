@@ -106,6 +106,9 @@ pub fn attention(
     scale: f64,
     mask: AttentionMask<'_>,
 ) -> Result<Tensor> {
+    if crate::autograd::any_differentiable(&[q, k, v]) {
+        return attention_differentiable(q, k, v, scale, mask);
+    }
     let causal = match mask {
         AttentionMask::None => Some(None),
         AttentionMask::Causal { offset } => Some(Some(offset)),
@@ -122,6 +125,54 @@ pub fn attention(
         }
     }
     attention_in_blocks(q, k, v, scale, mask, SCORE_BLOCK_BYTES)
+}
+
+/// [`attention`] made of ops that all have a backward (for training, see
+/// [`crate::autograd`]): grouped heads stacked as in [`attention_in_blocks`], the whole
+/// `[Lq, Lk]` score matrix at once, an additive `-inf` causal mask and the composed softmax
+/// in f32 (or f64 for f64 inputs).
+pub fn attention_differentiable(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: AttentionMask<'_>,
+) -> Result<Tensor> {
+    let (b, hq, lq, d) = q.dims4()?;
+    let (_, hkv, lk, _) = k.dims4()?;
+    if hkv == 0 || hq % hkv != 0 {
+        candle_core::bail!("attention: {hq} query heads do not share {hkv} KV heads evenly");
+    }
+    let n_rep = hq / hkv;
+    let in_dtype = q.dtype();
+    let soft_dtype = if in_dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    };
+    // [B, Hkv, n_rep·Lq, D]: head h = kv·n_rep + r, its rows after each other.
+    let q4 = (q.contiguous()? * scale)?.reshape((b, hkv, n_rep * lq, d))?;
+    let scores = q4
+        .matmul(&k.contiguous()?.t()?)?
+        .to_dtype(soft_dtype)?
+        .reshape((b, hkv, n_rep, lq, lk))?;
+    let scores = match mask {
+        AttentionMask::None => scores,
+        AttentionMask::Causal { offset } => {
+            if offset + lq != lk {
+                candle_core::bail!("causal attention: {offset} cached + {lq} new != {lk} keys");
+            }
+            scores.broadcast_add(&causal_mask(lq, offset, soft_dtype, q.device())?)?
+        }
+        AttentionMask::Additive(m) => scores
+            .reshape((b, hq, lq, lk))?
+            .broadcast_add(&m.to_dtype(soft_dtype)?)?
+            .reshape((b, hkv, n_rep, lq, lk))?,
+    };
+    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?
+        .to_dtype(in_dtype)?
+        .reshape((b, hkv, n_rep * lq, lk))?;
+    probs.matmul(&v.contiguous()?)?.reshape((b, hq, lq, d))
 }
 
 /// `VIDEOLLAMA_ATTENTION=tensor` forces the tensor form (for A/B measurements).
@@ -298,6 +349,13 @@ mod tests {
             assert!(
                 diff < 1e-5,
                 "strided b{b} hq{hq} hkv{hkv} lq{lq} off{off}: {diff}"
+            );
+            // The differentiable form (training), forced by the autograd scope.
+            let diff = crate::autograd::autograd_scope(|| attention(&q, &k, &v, 0.3, mask))?;
+            let d = (diff - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(
+                d < 1e-5,
+                "differentiable b{b} hq{hq} hkv{hkv} lq{lq} off{off}: {d}"
             );
             // The tensor form: one block, and blocks of about 5 query rows.
             for bytes in [SCORE_BLOCK_BYTES, 5 * b * hq * lk * 4] {

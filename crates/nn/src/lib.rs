@@ -17,6 +17,8 @@
 //!   otherwise (and the plain full-matrix form as the reference in tests).
 //! * [`fastmath`] — vectorised, multi-threaded GELU-tanh / quick-GELU / SiLU / softmax.
 //! * [`cpu`] — what this CPU has and which kernel each kind of product runs on it.
+//! * [`autograd`] — the training switch: layers take ops with a backward when their input
+//!   tracks a `Var` (or inside [`autograd_scope`]); [`lora`] adapters on [`Linear`].
 //!
 //! ```text
 //! VarBuilder ─► linear_b ─┬─ dense [out,in] ──────────────► Linear::forward = one GEMM (+bias)
@@ -30,6 +32,7 @@
 pub mod activation;
 pub mod attention;
 pub mod attention_cpu;
+pub mod autograd;
 pub mod cpu;
 pub mod fastmath;
 pub mod linear;
@@ -38,7 +41,10 @@ pub mod norm;
 pub mod quant;
 
 pub use activation::Activation;
-pub use linear::{forward_many, linear, linear_b, linear_no_bias, quantize_in_scope, Linear};
+pub use autograd::autograd_scope;
+pub use linear::{
+    forward_many, linear, linear_b, linear_no_bias, quantize_in_scope, Linear, LoraAdapter,
+};
 pub use norm::{layer_norm, rms_norm, LayerNorm, LayerNorm2d, RmsNorm};
 pub use quant::{with_load_scope, LoadScope, QuantizedWeights, WeightFormat};
 

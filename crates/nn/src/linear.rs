@@ -4,6 +4,12 @@
 //! or quantized (a GGML block format, candle's integer-dot `QMatMul`). Which one is decided
 //! at load time by the [`crate::quant`] load scope; model code only calls
 //! [`Linear::forward`].
+//!
+//! A layer may carry a LoRA adapter kept apart from its weight ([`Linear::with_lora`]):
+//! `y = x·Wᵀ + b + scale · (x·Aᵀ)·Bᵀ` with `A [r, in]`, `B [out, r]` — trainable when A and B
+//! are `Var`s; [`Linear::merged`] folds it into a dense weight for export
+//! ([`crate::lora::merge`]). In training (see [`crate::autograd`]) a quantized weight is
+//! dequantized for the product, because `QMatMul` has no backward.
 
 use crate::quant::{current_scope, quantize_weight, WeightFormat};
 use candle_core::quantized::{QMatMul, QTensor};
@@ -17,6 +23,17 @@ enum Weight {
     Quantized(QMatMul),
 }
 
+/// A LoRA adapter beside the base weight: adds `scale · (x·Aᵀ)·Bᵀ`.
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    /// `[r, in]`
+    pub a: Tensor,
+    /// `[out, r]`
+    pub b: Tensor,
+    /// `alpha / r` in peft.
+    pub scale: f64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Weight,
@@ -26,6 +43,7 @@ pub struct Linear {
     /// Row length of a quantized weight padded with zero columns to whole blocks
     /// (`== in_dim` when no padding was needed).
     padded_in: usize,
+    lora: Option<LoraAdapter>,
 }
 
 impl Linear {
@@ -38,6 +56,7 @@ impl Linear {
             in_dim,
             out_dim,
             padded_in: in_dim,
+            lora: None,
         }
     }
 
@@ -56,7 +75,52 @@ impl Linear {
             in_dim,
             out_dim,
             padded_in,
+            lora: None,
         })
+    }
+
+    /// This layer with a LoRA adapter (replacing any earlier one): `a [r, in]`, `b [out, r]`,
+    /// forward adds `scale · (x·Aᵀ)·Bᵀ`. Pass `Var` tensors to train them.
+    pub fn with_lora(mut self, a: Tensor, b: Tensor, scale: f64) -> Result<Self> {
+        let (r, a_in) = a.dims2()?;
+        let (b_out, b_r) = b.dims2()?;
+        if a_in != self.in_dim || b_out != self.out_dim || b_r != r {
+            candle_core::bail!(
+                "LoRA shapes do not fit a [{}, {}] linear layer: A {:?}, B {:?}",
+                self.out_dim,
+                self.in_dim,
+                a.dims(),
+                b.dims()
+            );
+        }
+        self.lora = Some(LoraAdapter { a, b, scale });
+        Ok(self)
+    }
+
+    /// The LoRA adapter, when one is attached.
+    pub fn lora(&self) -> Option<&LoraAdapter> {
+        self.lora.as_ref()
+    }
+
+    /// This layer without its adapter.
+    pub fn without_lora(mut self) -> Self {
+        self.lora = None;
+        self
+    }
+
+    /// The adapter folded into the weight (`W + scale·B·A`, [`crate::lora::merge`]): a
+    /// dense layer with no adapter, in the weight's dtype. A layer without an adapter is
+    /// returned as is; a quantized one with an adapter is an error (merge into the dense
+    /// checkpoint weight instead).
+    pub fn merged(&self) -> Result<Self> {
+        let Some(lora) = &self.lora else {
+            return Ok(self.clone());
+        };
+        let Weight::Dense(w) = &self.weight else {
+            candle_core::bail!("cannot merge a LoRA adapter into a quantized weight");
+        };
+        let w = crate::lora::merge(&w.detach(), &lora.a.detach(), &lora.b.detach(), lora.scale)?;
+        Ok(Self::new(w, self.bias.clone()))
     }
 
     /// The dense weight; `None` for a quantized layer.
@@ -126,6 +190,7 @@ impl Linear {
         let mut layer = Self::from_qtensor(Arc::new(q), bias)?;
         layer.in_dim = self.in_dim;
         layer.padded_in = padded_in;
+        layer.lora = self.lora.clone();
         Ok(layer)
     }
 
@@ -145,6 +210,18 @@ impl Linear {
         let flat = xs.reshape((rows, last))?;
         let ys = match &self.weight {
             Weight::Dense(w) => flat.matmul(&w.t()?)?,
+            // `QMatMul` has no backward: with gradients flowing, multiply by the
+            // dequantized weight (slow; train on dense weights).
+            Weight::Quantized(q) if crate::autograd::is_differentiable(&flat) => {
+                let w = match q {
+                    QMatMul::QTensor(qt) => qt
+                        .dequantize(flat.device())?
+                        .narrow(1, 0, self.in_dim)?
+                        .to_dtype(flat.dtype())?,
+                    QMatMul::Tensor(w) | QMatMul::TensorF16(w) => w.to_dtype(flat.dtype())?,
+                };
+                flat.matmul(&w.t()?)?
+            }
             Weight::Quantized(q) => {
                 let in_dtype = flat.dtype();
                 let mut x = flat.to_dtype(DType::F32)?;
@@ -158,6 +235,16 @@ impl Linear {
         let ys = match &self.bias {
             Some(b) => ys.broadcast_add(&b.to_dtype(ys.dtype())?)?,
             None => ys,
+        };
+        let ys = match &self.lora {
+            None => ys,
+            Some(l) => {
+                let dt = ys.dtype();
+                let low = flat
+                    .matmul(&l.a.to_dtype(flat.dtype())?.t()?)?
+                    .matmul(&l.b.to_dtype(flat.dtype())?.t()?)?;
+                (ys + (low * l.scale)?.to_dtype(dt)?)?
+            }
         };
         ys.reshape(out_dims)
     }
@@ -234,7 +321,9 @@ fn pad_rows_with_zero_blocks(q: Arc<QTensor>) -> Result<(Arc<QTensor>, usize)> {
 /// one parallel region — in decoding, where each product is tiny, that per-call overhead is
 /// a large part of the step. Otherwise (dense layers, other CPUs) the layers run one by one.
 pub fn forward_many(layers: &[&Linear], xs: &Tensor) -> Result<Vec<Tensor>> {
-    let fused = fused_qtensors(layers);
+    // Adapters and training take the layers one by one (the fused kernel has neither).
+    let plain = layers.iter().all(|l| l.lora.is_none()) && !crate::autograd::is_differentiable(xs);
+    let fused = if plain { fused_qtensors(layers) } else { None };
     if let Some(qs) = fused {
         let dims = xs.dims();
         let last = *dims.last().unwrap_or(&0);
@@ -415,6 +504,18 @@ mod tests {
             })
             .collect::<Result<_>>()?;
         let refs: Vec<&Linear> = ls.iter().collect();
+        // With an adapter on one of them, every layer runs on its own and adds its adapter.
+        let a = crate::test_tensor((2, 96), 70);
+        let zero_b = Tensor::zeros((32, 2), DType::F32, &dev)?;
+        let adapted = ls[1].clone().with_lora(a.clone(), zero_b, 2.0)?;
+        let x = crate::test_tensor((1, 3, 96), 71);
+        let with = forward_many(&[&ls[0], &adapted], &x)?;
+        let d = (&with[1] - ls[1].forward(&x)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert_eq!(d, 0.0, "B = 0 adds nothing");
+        assert!(adapted.is_quantized() && adapted.merged().is_err());
         for rows in [1, 5] {
             let x = crate::test_tensor((1, rows, 96), 60 + rows as u64);
             let many = forward_many(&refs, &x)?;
@@ -425,6 +526,41 @@ mod tests {
                 assert!(d < 1e-5, "fused vs single: {d}");
             }
         }
+        Ok(())
+    }
+
+    /// A LoRA adapter adds `scale · (x·Aᵀ)·Bᵀ`; merged, it gives the same product with one
+    /// dense weight; gradients reach A and B.
+    #[test]
+    fn lora_adapter_forward_merge_and_gradients() -> Result<()> {
+        let w = crate::test_tensor((6, 4), 80);
+        let bias = crate::test_tensor(6, 81);
+        let a = candle_core::Var::from_tensor(&crate::test_tensor((2, 4), 82))?;
+        let b = candle_core::Var::from_tensor(&crate::test_tensor((6, 2), 83))?;
+        let x = crate::test_tensor((3, 5, 4), 84);
+        let l = Linear::new(w.clone(), Some(bias.clone())).with_lora(
+            a.as_tensor().clone(),
+            b.as_tensor().clone(),
+            0.5,
+        )?;
+        let want = (Linear::new(w.clone(), Some(bias.clone())).forward(&x)?
+            + x.matmul(&a.as_tensor().t()?.unsqueeze(0)?.broadcast_as((3, 4, 2))?)?
+                .matmul(&b.as_tensor().t()?.unsqueeze(0)?.broadcast_as((3, 2, 6))?)?
+                .affine(0.5, 0.0)?)?;
+        let got = l.forward(&x)?;
+        assert!(rel_err(&got, &want) < 1e-6);
+        let merged = l.merged()?;
+        assert!(merged.lora().is_none() && l.lora().is_some());
+        assert!(rel_err(&merged.forward(&x)?, &want) < 1e-6);
+        let grads = got.sum_all()?.backward()?;
+        assert!(grads.get(a.as_tensor()).is_some() && grads.get(b.as_tensor()).is_some());
+        assert!(Linear::new(w, None)
+            .with_lora(
+                crate::test_tensor((2, 5), 1),
+                crate::test_tensor((6, 2), 2),
+                1.0
+            )
+            .is_err());
         Ok(())
     }
 }

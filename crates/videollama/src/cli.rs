@@ -111,6 +111,31 @@ enum Command {
         #[arg(long)]
         language: Option<String>,
     },
+    /// Fine-tune a VideoLLaMA2 checkpoint on conversation data (the reference's JSON):
+    /// stage 1 trains the connector, stage 2 the connector + LoRA (+ the audio projector).
+    /// OUT is a checkpoint folder `ask`/`serve` load; `--resume OUT` continues a run.
+    Train(TrainArgs),
+    /// Generate the synthetic audio-visual world (shapes, colours, motion, beeps, spoken
+    /// numbers) with questions and answers: OUT/{train,val,test}.json + clips/ + meta.jsonl.
+    MakeDemoData {
+        /// Output folder.
+        out: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        train: usize,
+        #[arg(long, default_value_t = 100)]
+        val: usize,
+        #[arg(long, default_value_t = 200)]
+        test: usize,
+        /// Also a `test_ood` split rendered at sizes and positions training never uses.
+        #[arg(long, default_value_t = 0)]
+        ood_test: usize,
+        /// Clips without a sound track.
+        #[arg(long)]
+        no_audio: bool,
+        /// Worker threads (default: all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
     /// Describe a checkpoint: architecture, parameter counts, tokens per input.
     Inspect {
         /// Checkpoint folder (reads its config.json, or a Video-LLaMA eval_config.yaml and
@@ -464,6 +489,16 @@ pub fn run() -> Result<()> {
             videollama_server::serve(pipeline, config)
         }
         Command::Bench(args) => bench(&args),
+        Command::Train(args) => train(&args),
+        Command::MakeDemoData {
+            out,
+            train,
+            val,
+            test,
+            ood_test,
+            no_audio,
+            threads,
+        } => make_demo_data(&out, (train, val, test, ood_test), no_audio, threads),
         Command::Transcribe {
             file,
             whisper,
@@ -1034,5 +1069,181 @@ fn transcribe(file: &Path, whisper: Option<&Path>, language: Option<String>) -> 
     let segments = model.transcribe_file(file);
     pb.finish_and_clear();
     print!("{}", videollama_asr::to_webvtt(&segments?));
+    Ok(())
+}
+
+fn make_demo_data(
+    out: &Path,
+    (train, val, test, ood): (usize, usize, usize, usize),
+    no_audio: bool,
+    threads: usize,
+) -> Result<()> {
+    let mut cfg = videollama_demodata::DemoDataConfig::new(train, val, test);
+    if ood > 0 {
+        cfg = cfg.with_ood_test(ood);
+    }
+    cfg.with_audio = !no_audio;
+    cfg.threads = threads;
+    let pb = indicatif::ProgressBar::new((train + val + test + ood) as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} clips {elapsed} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let summary = videollama_demodata::generate(out, &cfg, |p| {
+        pb.set_position(p.done as u64);
+        pb.set_message(p.clip.to_string());
+    });
+    pb.finish_and_clear();
+    let s = summary?;
+    println!(
+        "{} clips, {:.1} MB of video, in {:.1} s → {}",
+        s.clips,
+        s.video_bytes as f64 / 1e6,
+        s.elapsed_s,
+        s.out_dir.display()
+    );
+    for sp in &s.splits {
+        println!(
+            "  {}: {} clips, {} conversations",
+            sp.name, sp.clips, sp.conversations
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Base checkpoint folder (VideoLLaMA2 layout).
+    #[arg(long, required_unless_present = "resume")]
+    model: Option<PathBuf>,
+    /// Training data: the reference's JSON list of {"video"|"image"|"audio", "conversations"}.
+    #[arg(long, required_unless_present = "resume")]
+    data: Option<PathBuf>,
+    /// Output folder (a loadable checkpoint + trainer state, log and loss curve).
+    #[arg(long, required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the interrupted run in this output folder (its saved configuration).
+    #[arg(long, conflicts_with_all = ["model", "data", "out"])]
+    resume: Option<PathBuf>,
+    /// 1 = connector only (pre-training on captions), 2 = connector + LoRA.
+    #[arg(long, default_value = "1")]
+    stage: String,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Stop after this many optimizer steps (default: the epochs' worth).
+    #[arg(long)]
+    max_steps: Option<usize>,
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    #[arg(long, default_value_t = 8)]
+    lora_r: usize,
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f64,
+    /// Write a checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 100)]
+    save_every: usize,
+    /// Use at most this many samples.
+    #[arg(long)]
+    max_samples: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// LoRA in the output: merged, separate (peft adapter files) or both.
+    #[arg(long, default_value = "both")]
+    lora_export: String,
+    /// Worker threads for the numerics (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn train(args: &TrainArgs) -> Result<()> {
+    if let Some(n) = args.threads.filter(|n| *n > 0) {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
+    let pb = indicatif::ProgressBar::new(0);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps {elapsed}/{eta} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let progress = |event: &videollama_train::TrainEvent| match event {
+        videollama_train::TrainEvent::Preparing { done, total } => {
+            pb.set_message(format!("preparing samples {done}/{total}"));
+        }
+        videollama_train::TrainEvent::Skipped(s) => {
+            pb.suspend(|| eprintln!("skipped sample {} (line {}): {}", s.index, s.line, s.reason));
+        }
+        videollama_train::TrainEvent::Started {
+            samples,
+            skipped,
+            start_step,
+            total_steps,
+            trainable_params,
+        } => {
+            pb.set_length(*total_steps as u64);
+            pb.set_position(*start_step as u64);
+            pb.suspend(|| {
+                eprintln!(
+                    "training on {samples} samples ({skipped} skipped), {trainable_params} trainable parameters"
+                )
+            });
+        }
+        videollama_train::TrainEvent::Step(log) => {
+            pb.set_position(log.step as u64);
+            pb.set_message(format!(
+                "loss {:.4}  lr {:.2e}  {:.0} tok/s",
+                log.loss, log.lr, log.tokens_per_s
+            ));
+        }
+        videollama_train::TrainEvent::Saved { step, dir } => {
+            pb.suspend(|| eprintln!("step {step}: saved {}", dir.display()));
+        }
+    };
+    let report = match &args.resume {
+        Some(out) => videollama_train::resume(out, &Default::default(), progress)?,
+        None => {
+            let (Some(model), Some(data), Some(out)) = (&args.model, &args.data, &args.out) else {
+                bail!("--model, --data and --out are required (or --resume OUT)");
+            };
+            let cfg = videollama_train::TrainConfig {
+                stage: args
+                    .stage
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--stage: {e}"))?,
+                learning_rate: args.lr,
+                epochs: args.epochs,
+                max_steps: args.max_steps,
+                grad_accum: args.grad_accum.max(1),
+                lora_r: args.lora_r,
+                lora_alpha: args.lora_alpha,
+                save_every: args.save_every,
+                max_samples: args.max_samples,
+                seed: args.seed,
+                out_dir: out.clone(),
+                lora_export: match args.lora_export.as_str() {
+                    "merged" => videollama_train::LoraExport::Merged,
+                    "separate" => videollama_train::LoraExport::Separate,
+                    "both" => videollama_train::LoraExport::Both,
+                    other => bail!("--lora-export {other}: use merged, separate or both"),
+                },
+                ..Default::default()
+            };
+            videollama_train::train(model, data, &cfg, progress)?
+        }
+    };
+    pb.finish_and_clear();
+    println!(
+        "{} steps ({} this run) in {:.1} s, final loss {:.4}, {} samples, {} skipped → {}",
+        report.steps,
+        report.steps_this_run,
+        report.seconds,
+        report.losses.last().copied().unwrap_or(f64::NAN),
+        report.samples,
+        report.skipped.len(),
+        report.out_dir.display()
+    );
     Ok(())
 }
