@@ -359,3 +359,48 @@ fn subtitle_stream_in_the_container_is_the_default_source() {
     assert_eq!(json["prompt"], meta["prompt"]);
     assert_eq!(json["answer"], meta["generated_text"]);
 }
+
+/// With a Whisper model but a video without sound: the default answers with no subtitles
+/// (the `video_no_subtitles` answer); `--subtitles auto` is a clear error.
+#[test]
+fn silent_video_with_whisper() {
+    let whisper = whisper_tiny_en().display().to_string();
+    let fixture = FIXTURES[0];
+    let model = golden(&format!("{fixture}/checkpoint"))
+        .display()
+        .to_string();
+    let meta = case_json(fixture, "video_no_subtitles");
+    let base = |extra: &[&str]| -> Output {
+        let mut args: Vec<String> = [
+            "ask",
+            "--model",
+            &model,
+            "--dtype",
+            "f32",
+            "--options",
+            "model.vit_num_heads=4",
+            "--whisper",
+            &whisper,
+            "--video",
+            &input(fixture, "video.mp4"),
+            "--max-new-tokens",
+            "12",
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(meta["question"].as_str().unwrap().into());
+        videollama(&args)
+    };
+    let json: serde_json::Value = serde_json::from_str(&ok(&base(&[]))).unwrap();
+    assert_eq!(
+        json["media"]["subtitle_source"],
+        "none (no subtitle stream, no sound track)"
+    );
+    assert_eq!(json["answer"], meta["generated_text"]);
+    let out = base(&["--subtitles", "auto"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no sound track"));
+}

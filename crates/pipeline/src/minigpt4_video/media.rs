@@ -49,15 +49,25 @@ impl MiniGpt4VideoParts {
                 let cues = subtitles::read_subtitle_file(path).map_err(media_err)?;
                 (cues, format!("file {}", path.display()))
             }
-            SubtitleChoice::Recognize => {
-                (self.transcribe(video)?, "speech recognition".to_string())
-            }
+            SubtitleChoice::Recognize => match self.transcribe(video)? {
+                Some(cues) => (cues, "speech recognition".to_string()),
+                None => {
+                    return Err(PipelineError::file(
+                        video,
+                        "--subtitles auto: the video has no sound track to recognise",
+                    ))
+                }
+            },
             SubtitleChoice::Default => {
                 match subtitles::read_container_subtitles(video).map_err(media_err)? {
                     Some(cues) => (cues, "subtitle stream".to_string()),
-                    None if self.whisper.is_some() => {
-                        (self.transcribe(video)?, "speech recognition".to_string())
-                    }
+                    None if self.whisper.is_some() => match self.transcribe(video)? {
+                        Some(cues) => (cues, "speech recognition".to_string()),
+                        None => (
+                            Vec::new(),
+                            "none (no subtitle stream, no sound track)".to_string(),
+                        ),
+                    },
                     None => (
                         Vec::new(),
                         "none (no subtitle stream, no Whisper model)".to_string(),

@@ -61,7 +61,11 @@ impl MiniGpt4VideoParts {
     /// Subtitles from the video's speech.
     /// The reference's `get_subtitles`: Whisper on the sound track, written as WebVTT and read
     /// back as cues (so the times go through the same text round trip as the reference's).
-    pub(crate) fn transcribe(&self, video: &Path) -> Result<Vec<videollama_media::subtitles::Cue>> {
+    /// `None` when the video has no sound track.
+    pub(crate) fn transcribe(
+        &self,
+        video: &Path,
+    ) -> Result<Option<Vec<videollama_media::subtitles::Cue>>> {
         let Some(dir) = &self.whisper else {
             return Err(PipelineError::file(
                 video,
@@ -77,11 +81,16 @@ impl MiniGpt4VideoParts {
                 self.whisper_model.get_or_init(|| w)
             }
         };
-        let segments = whisper
-            .transcribe_file(video)
-            .map_err(|e| PipelineError::Invalid(format!("speech recognition: {e}")))?;
+        let segments = match whisper.transcribe_file(video) {
+            Ok(segments) => segments,
+            Err(videollama_asr::AsrError::Audio(
+                videollama_media::decode::DecodeError::NoAudioStream { .. },
+            )) => return Ok(None),
+            Err(e) => return Err(PipelineError::Invalid(format!("speech recognition: {e}"))),
+        };
         let vtt = videollama_asr::to_webvtt(&segments);
         videollama_media::subtitles::parse_webvtt(&vtt)
+            .map(Some)
             .map_err(|e| PipelineError::Invalid(format!("speech recognition output: {e}")))
     }
 }
