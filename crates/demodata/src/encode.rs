@@ -13,7 +13,6 @@
 //! which is also what an untagged stream is decoded as.
 
 use std::path::Path;
-use std::sync::Once;
 
 use ffmpeg::ffi;
 use ffmpeg::{codec, encoder, format, frame, Dictionary, Packet, Rational};
@@ -21,28 +20,9 @@ use ffmpeg_next as ffmpeg;
 
 use crate::error::{DemoDataError, Result};
 
-/// Initialises FFmpeg once. Its log output is silenced unless `VIDEOLLAMA_FFMPEG_LOG` names
-/// a level (the convention of `videollama_media::decode`).
+/// FFmpeg initialisation and log level, shared with the decoder.
 fn init() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = ffmpeg::init();
-        let level = match std::env::var("VIDEOLLAMA_FFMPEG_LOG")
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "panic" => ffi::AV_LOG_PANIC,
-            "fatal" => ffi::AV_LOG_FATAL,
-            "error" => ffi::AV_LOG_ERROR,
-            "warning" => ffi::AV_LOG_WARNING,
-            "info" => ffi::AV_LOG_INFO,
-            "verbose" => ffi::AV_LOG_VERBOSE,
-            "debug" => ffi::AV_LOG_DEBUG,
-            _ => ffi::AV_LOG_QUIET,
-        };
-        unsafe { ffi::av_log_set_level(level) };
-    });
+    videollama_media::decode::init_ffmpeg();
 }
 
 /// Encoder settings of one clip.

@@ -25,7 +25,7 @@ const MAX_CONSECUTIVE_DECODE_ERRORS: u32 = 256;
 /// FFmpeg's own log output is silenced by default (everything it would report surfaces as a
 /// [`DecodeError`]); set `VIDEOLLAMA_FFMPEG_LOG` to `quiet`, `panic`, `fatal`, `error`,
 /// `warning`, `info`, `verbose` or `debug` to change that. This is process-global.
-pub(crate) fn init() {
+pub fn init() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = ffmpeg::init();

@@ -84,6 +84,9 @@ mod video;
 
 pub use audio::{decode_audio, decode_audio_16k_mono, TARGET_SAMPLE_RATE};
 pub use error::DecodeError;
+/// FFmpeg's one-time initialisation with the project's log-level convention
+/// (`VIDEOLLAMA_FFMPEG_LOG`); for other crates that call FFmpeg directly (the demo-data encoder).
+pub use input::init as init_ffmpeg;
 pub use opencv::{container_timing, ContainerTiming, OpenCvCapture};
 pub use subtitle::read_subtitle_stream;
 pub use video::{decode_frames, decode_frames_resized, probe, DecodeStats, VideoInfo, VideoReader};
