@@ -24,11 +24,13 @@
 //! type" there, so [`Connector::forward`] returns an error for them (the projector itself can
 //! still be applied with [`Connector::project`], e.g. for an audio projector).
 
+pub mod dpc_knn;
 pub mod mlp;
 pub mod projector_type;
 pub mod qformer;
 pub mod qformer_aggregator;
 pub mod regstage;
+pub mod st_pooling;
 pub mod stc;
 pub mod token_merge;
 

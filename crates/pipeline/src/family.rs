@@ -71,6 +71,16 @@ pub trait Family: Send + Sync {
     ) -> Result<String>;
     /// `input_ids` as the family's golden fixture stores them (placeholders expanded).
     fn dump_input_ids(&self, ids: &[i64], blocks: &[Tensor]) -> Result<Vec<i64>>;
+    /// [`Family::dump_input_ids`] for a family that also needs the media (Chat-UniVi writes one
+    /// placeholder per frame but splices one block for the run).
+    fn dump_input_ids_for(
+        &self,
+        ids: &[i64],
+        blocks: &[Tensor],
+        _media: &EncodedMedia,
+    ) -> Result<Vec<i64>> {
+        self.dump_input_ids(ids, blocks)
+    }
 }
 
 /// Each placeholder id replaced by `fill` once per row of its block.

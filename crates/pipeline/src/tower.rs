@@ -23,7 +23,7 @@ pub struct ResolvedTower {
     pub dir: Option<PathBuf>,
 }
 
-fn hf_cache_dirs() -> Vec<PathBuf> {
+pub(crate) fn hf_cache_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Ok(cache) = std::env::var("HF_HUB_CACHE") {
         dirs.push(PathBuf::from(cache));
@@ -38,7 +38,7 @@ fn hf_cache_dirs() -> Vec<PathBuf> {
 }
 
 /// The snapshot folder of `org/name` in a Hub cache, preferring `refs/main`.
-fn hf_snapshot(cache: &Path, repo: &str) -> Option<PathBuf> {
+pub(crate) fn hf_snapshot(cache: &Path, repo: &str) -> Option<PathBuf> {
     let base = cache.join(format!("models--{}", repo.replace('/', "--")));
     let snapshots = base.join("snapshots");
     if let Ok(rev) = std::fs::read_to_string(base.join("refs/main")) {
