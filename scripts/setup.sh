@@ -80,4 +80,7 @@ if command -v ffmpeg >/dev/null 2>&1; then
   log "ffmpeg CLI: $(ffmpeg -hide_banner -version | head -n 1)"
 fi
 bash "$(dirname "$0")/fetch-test-assets.sh"
+# The released parts of the default model (SmolLM2-135M-Instruct GGUF, Whisper tiny.en) into
+# the user's cache, so `videollama ask` answers with no --model right after the build.
+bash "$(dirname "$0")/fetch-default-model.sh"
 log "done."

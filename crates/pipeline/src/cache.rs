@@ -11,8 +11,8 @@
 //! the connector outputs that [`EncodedMedia::block`] splices into the prompt
 //! (`connector_out`, `audio_connector_out`, copied into their own buffers so that no entry
 //! keeps a larger storage alive), the modality and the [`MediaReport`] of the first
-//! encoding. The earlier stage tensors (`pixel_values`, `vision_features`, `audio_fbank`,
-//! `audio_features`) are dropped — they are several times larger (for a 7B 16-frame
+//! encoding. The earlier stage tensors (`pixel_values`, `vision_features`, `audio_fbank` —
+//! a Whisper tower's `audio_mel` —, `audio_features`) are dropped — they are several times larger (for a 7B 16-frame
 //! checkpoint ~80 MB against ~15 MB) and only `--dump-tensors` reads them; such an entry
 //! has `EncodedMedia::intermediates == false` and empty tensors in their place. Callers that
 //! want the stage tensors bypass the cache (the CLI does for `--dump-tensors`). Entries

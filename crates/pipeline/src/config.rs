@@ -97,7 +97,17 @@ pub struct MultimodalConfig {
     pub hidden_size_a: Option<usize>,
     /// Overrides of the BEATs defaults (only in the tiny golden fixture).
     pub beats_cfg: Option<serde_json::Value>,
+    /// Not a reference field: `"beats"` (absent) or `"whisper"`, see `crate::audio_tower`.
+    pub audio_tower_type: Option<String>,
+    /// The Whisper tower's sizes and pooling (`crate::audio_tower::WhisperEncoderConfig`),
+    /// parsed and checked by `AudioTowerConfig::from_model_config`.
+    pub whisper_encoder: Option<serde_json::Value>,
     pub tokenizer_model_max_length: Option<usize>,
+    /// Not a reference field: the language model (weights, tokenizer, chat template, eos)
+    /// comes from this GGUF file, absolute or relative to the checkpoint folder, as if
+    /// `--llm` named it. The default model keeps SmolLM2's released file this way instead
+    /// of a dequantized copy.
+    pub llm_gguf: Option<String>,
 }
 
 /// Everything the pipeline needs from one `config.json`.
@@ -137,17 +147,23 @@ impl ModelConfig {
                 "videollama2_mixtral config has no num_local_experts".into(),
             ));
         }
-        Ok(Self {
+        let config = Self {
             mm,
             llm,
             family: entry.family,
             system_message: entry.system_message,
             raw,
-        })
+        };
+        // The audio fields are checked here so that a bad one is reported at load.
+        crate::audio_tower::AudioTowerConfig::from_model_config(&config)?;
+        Ok(config)
     }
 
     /// Does this checkpoint have an audio branch?
     pub fn has_audio(&self) -> bool {
-        self.mm.mm_projector_a_type.is_some() || self.mm.mm_audio_tower.is_some()
+        self.mm.mm_projector_a_type.is_some()
+            || self.mm.mm_audio_tower.is_some()
+            || self.mm.audio_tower_type.is_some()
+            || self.mm.whisper_encoder.is_some()
     }
 }

@@ -253,6 +253,43 @@ impl Pipeline {
     }
 }
 
+/// The GGUF file that replaces a checkpoint's language model: `--llm` when given, else
+/// config.json's `llm_gguf` (absolute, or relative to the checkpoint folder). A named file
+/// that is not there is an error naming the file and the key that named it.
+pub fn checkpoint_llm_gguf(
+    dir: &Path,
+    config: &ModelConfig,
+    opts: &LoadOptions,
+) -> Result<Option<std::path::PathBuf>> {
+    if let Some(path) = &opts.llm_gguf {
+        return Ok(Some(path.clone()));
+    }
+    let Some(name) = &config.mm.llm_gguf else {
+        return Ok(None);
+    };
+    let path = dir.join(name);
+    if !path.is_file() {
+        return Err(PipelineError::file(
+            &path,
+            format!(
+                "missing (named by llm_gguf in {}); for the default model run scripts/setup.sh \
+                 or `videollama setup`",
+                dir.join("config.json").display()
+            ),
+        ));
+    }
+    Ok(Some(path))
+}
+
+/// Tokenizer, chat template and generation config of a checkpoint whose language model is
+/// a GGUF file and which brings no `tokenizer.json` of its own.
+pub fn chat_parts_from_gguf(path: &Path) -> Result<(Tokenizer, ChatTemplate, GenerationConfig)> {
+    let gguf = GgufLlm::open(path).map_err(|e| candle_file_err(path, e))?;
+    let tokenizer = tokenizer_from_gguf(&gguf)?;
+    let (template, generation_config) = chat_from_gguf(&gguf, &tokenizer)?;
+    Ok((tokenizer, template, generation_config))
+}
+
 /// `--llm FILE.gguf` on a checkpoint: the whole language model (embeddings and norms
 /// included) from the GGUF file, after checking that it has the shapes the checkpoint's
 /// `config.json` describes.

@@ -51,7 +51,8 @@ pub struct TokenCounts {
     pub video: Option<usize>,
     /// Media tokens for a still image (repeated to `num_frames` frames).
     pub image: Option<usize>,
-    /// Media tokens for a sound (always 30 s of fbank after padding/cropping).
+    /// Media tokens for a sound (always 30 s of fbank after padding/cropping; a Whisper
+    /// tower: `audio_max_seconds` pooled by `audio_pool_stride`).
     pub audio: Option<usize>,
 }
 
@@ -123,7 +124,29 @@ pub fn inspect_config(config_path: &Path) -> Result<InspectReport> {
             projector_type: projector,
         });
     }
-    if config.has_audio() {
+    if let Some(crate::audio_tower::AudioTowerConfig::Whisper(w)) =
+        crate::audio_tower::AudioTowerConfig::from_model_config(&config)
+            .map_err(|e| PipelineError::file(config_path, e))?
+    {
+        parameters.audio_tower = w.param_count();
+        let depth = match config
+            .mm
+            .mm_projector_a_type
+            .as_deref()
+            .unwrap_or("mlp2x_gelu")
+            .parse()
+        {
+            Ok(ProjectorType::MlpGelu(n)) => n,
+            _ => 1,
+        };
+        parameters.audio_projector = videollama_connectors::MlpProjector::param_count(
+            depth,
+            w.d_model,
+            config.mm.hidden_size,
+        );
+        // Every sound is cropped / padded to audio_max_seconds, then pooled.
+        tokens.audio = Some(w.num_tokens());
+    } else if config.has_audio() {
         let beats = videollama_encoders::BeatsConfig::from_model_config(&config.raw)
             .map_err(|e| PipelineError::file(config_path, e))?;
         parameters.audio_tower = beats.param_count();

@@ -13,25 +13,32 @@
 //! `Pipeline::answer_in_session` reuses a [`ChatSession`]'s KV cache of the earlier turns
 //! (`session.rs`).
 
+pub mod audio_tower;
 pub mod cache;
+pub mod chat_univi;
 pub mod checkpoint;
+pub mod clip_tower;
 pub mod config;
+pub mod default_model;
 pub mod error;
 pub mod family;
 pub mod generate;
 pub mod gguf;
 pub mod inspect;
+pub mod lora_adapter;
 pub mod media;
 pub mod minigpt4_video;
 pub mod model;
 pub mod prompt;
 pub mod quantize;
+pub mod reference_noise;
 pub mod safetensors_files;
 pub mod sentencepiece;
 pub mod session;
 pub mod synthetic;
 pub mod text;
 pub mod tower;
+pub mod video_chatgpt;
 pub mod video_llama;
 
 pub use cache::{CacheStats, CacheStatus, EncoderCache};
@@ -251,6 +258,9 @@ pub struct LoadOptions {
     /// A Whisper model folder (Hugging Face or CTranslate2) for subtitles from speech
     /// (MiniGPT4-Video); overrides the config's `whisper_model`.
     pub whisper: Option<PathBuf>,
+    /// `--reference-noise`: random draws of a reference run to reproduce it bit for bit
+    /// (see `reference_noise.rs`); `None`: every family's deterministic default.
+    pub reference_noise: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -262,6 +272,7 @@ impl Default for LoadOptions {
             llm_gguf: None,
             video_llama: Default::default(),
             whisper: None,
+            reference_noise: None,
         }
     }
 }
@@ -298,9 +309,16 @@ impl Pipeline {
         if let Some(config) = minigpt4_video::config_path(dir) {
             return Self::load_minigpt4_video(&config, opts, start);
         }
+        if let Some(layout) = video_chatgpt::detect(dir) {
+            return Self::load_video_chatgpt(&layout?, opts, start);
+        }
+        if let Some(config) = chat_univi::config_path(dir) {
+            return Self::load_chat_univi(&config, opts, start);
+        }
         if !dir.is_dir() {
             return Err(PipelineError::MissingModelDir(dir.to_path_buf()));
         }
+        reference_noise::warn_unused(opts.reference_noise.as_deref(), "VideoLLaMA 2");
         let config_path = dir.join("config.json");
         if !config_path.is_file() {
             return Err(PipelineError::file(
@@ -309,24 +327,53 @@ impl Pipeline {
             ));
         }
         let tok_path = dir.join("tokenizer.json");
-        if !tok_path.is_file() {
-            return Err(PipelineError::file(&tok_path, "missing (convert a SentencePiece-only checkpoint with transformers' fast tokenizer first)"));
-        }
-        let tokenizer =
-            Tokenizer::from_file(&tok_path).map_err(|e| PipelineError::file(&tok_path, e))?;
-        let template =
-            prompt::ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
-        let gen_path = dir.join("generation_config.json");
-        let generation_config = if gen_path.is_file() {
-            let json = error::read_json(&gen_path)?;
-            serde_json::from_value(json).map_err(|e| PipelineError::Json {
-                path: gen_path.clone(),
-                cause: e.to_string(),
-            })?
+        let llm_gguf = if tok_path.is_file() {
+            None
         } else {
-            GenerationConfig::default()
+            let config = config::ModelConfig::from_file(&config_path)?;
+            gguf::checkpoint_llm_gguf(dir, &config, opts)?
         };
-        let model = VideoLlama2::load(dir, opts)?;
+        let gen_path = dir.join("generation_config.json");
+        let (tokenizer, template, generation_config) = match llm_gguf {
+            // The language model is a GGUF file and the folder has no tokenizer of its
+            // own: the GGUF's tokenizer and chat template; its eos unless the folder has
+            // a generation_config.json (the folder's settings win, as for any checkpoint).
+            Some(path) => {
+                let (tokenizer, template, from_gguf) = gguf::chat_parts_from_gguf(&path)?;
+                let generation_config = if gen_path.is_file() {
+                    let json = error::read_json(&gen_path)?;
+                    serde_json::from_value(json).map_err(|e| PipelineError::Json {
+                        path: gen_path.clone(),
+                        cause: e.to_string(),
+                    })?
+                } else {
+                    from_gguf
+                };
+                (tokenizer, template, generation_config)
+            }
+            None => {
+                if !tok_path.is_file() {
+                    return Err(PipelineError::file(&tok_path, "missing (convert a SentencePiece-only checkpoint with transformers' fast tokenizer first)"));
+                }
+                let tokenizer = Tokenizer::from_file(&tok_path)
+                    .map_err(|e| PipelineError::file(&tok_path, e))?;
+                let template = prompt::ChatTemplate::from_tokenizer_config(
+                    &dir.join("tokenizer_config.json"),
+                )?;
+                let generation_config = if gen_path.is_file() {
+                    let json = error::read_json(&gen_path)?;
+                    serde_json::from_value(json).map_err(|e| PipelineError::Json {
+                        path: gen_path.clone(),
+                        cause: e.to_string(),
+                    })?
+                } else {
+                    GenerationConfig::default()
+                };
+                (tokenizer, template, generation_config)
+            }
+        };
+        let mut model = VideoLlama2::load(dir, opts)?;
+        let adapter = lora_adapter::apply_if_present(dir, &mut model.llm, opts)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             model,
@@ -336,7 +383,10 @@ impl Pipeline {
             load_seconds: start.elapsed().as_secs_f64(),
             encoder_cache: EncoderCache::default(),
             model_identity: cache::model_identity(dir, opts),
-            weights: opts.weights.describe(),
+            weights: match adapter {
+                Some(a) => format!("{} + {a}", opts.weights.describe()),
+                None => opts.weights.describe(),
+            },
             family: None,
         })
     }
@@ -344,6 +394,7 @@ impl Pipeline {
     /// A Video-LLaMA folder: `eval_config.yaml` and the files it names.
     fn load_video_llama(config: &Path, opts: &LoadOptions, start: Instant) -> Result<Self> {
         Self::refuse_llm_gguf(opts, "eval_config.yaml")?;
+        reference_noise::warn_unused(opts.reference_noise.as_deref(), "Video-LLaMA");
         let loaded = video_llama::load(config, opts, &opts.video_llama)?;
         Self::from_family(
             config,
@@ -357,7 +408,48 @@ impl Pipeline {
     /// A MiniGPT4-Video folder: `model_config.yaml` and the files it names.
     fn load_minigpt4_video(config: &Path, opts: &LoadOptions, start: Instant) -> Result<Self> {
         Self::refuse_llm_gguf(opts, "model_config.yaml")?;
+        reference_noise::warn_unused(opts.reference_noise.as_deref(), "MiniGPT4-Video");
         let loaded = minigpt4_video::load(config, opts, &opts.video_llama.config_options)?;
+        Self::from_family(
+            config,
+            opts,
+            start,
+            (loaded.model, loaded.tokenizer, loaded.generation_config),
+            Box::new(loaded.parts),
+        )
+    }
+
+    /// A Video-ChatGPT folder: the LLaVA-Lightning base + `video_chatgpt-7B.bin`.
+    fn load_video_chatgpt(
+        layout: &video_chatgpt::Layout,
+        opts: &LoadOptions,
+        start: Instant,
+    ) -> Result<Self> {
+        if opts.llm_gguf.is_some() {
+            return Err(PipelineError::Invalid(
+                "--llm: Video-ChatGPT takes its language model from its LLaVA-Lightning base folder"
+                    .into(),
+            ));
+        }
+        let loaded = video_chatgpt::load(layout, opts)?;
+        Self::from_family(
+            &layout.dir.join("config.json"),
+            opts,
+            start,
+            (loaded.model, loaded.tokenizer, loaded.generation_config),
+            Box::new(loaded.parts),
+        )
+    }
+
+    /// A Chat-UniVi folder: `config.json` with `model_type: ChatUniVi`.
+    fn load_chat_univi(config: &Path, opts: &LoadOptions, start: Instant) -> Result<Self> {
+        if opts.llm_gguf.is_some() {
+            return Err(PipelineError::Invalid(
+                "--llm: Chat-UniVi's checkpoint holds its own language model".into(),
+            ));
+        }
+        let dir = config.parent().unwrap_or(Path::new("."));
+        let loaded = chat_univi::load(dir, opts)?;
         Self::from_family(
             config,
             opts,
@@ -390,10 +482,11 @@ impl Pipeline {
         let template = prompt::ChatTemplate::new("", Some("<s>".into()), Some("</s>".into()))?;
         Ok(Self {
             model_identity: format!(
-                "{} {:?} {:?}",
+                "{} {:?} {:?} {:?}",
                 cache::model_identity(&dir, opts),
                 opts.video_llama.config_options,
-                opts.video_llama.conv_template
+                opts.video_llama.conv_template,
+                opts.reference_noise
             ),
             dir,
             model,
@@ -747,10 +840,8 @@ impl Pipeline {
                 (None, None)
             };
             if let Some(a) = generic.0 {
-                tensors.insert(
-                    "audio_fbank".to_string(),
-                    a.audio_fbank.to_dtype(DType::F32)?,
-                );
+                let input_name = self.model.audio_input_name().unwrap_or("audio_fbank");
+                tensors.insert(input_name.to_string(), a.audio_fbank.to_dtype(DType::F32)?);
                 tensors.insert(
                     "audio_features".to_string(),
                     a.audio_features.to_dtype(DType::F32)?,
@@ -775,7 +866,7 @@ impl Pipeline {
                 );
             }
             let dumped_ids = match &self.family {
-                Some(f) => f.dump_input_ids(&input_ids, &media_blocks)?,
+                Some(f) => f.dump_input_ids_for(&input_ids, &media_blocks, media)?,
                 None => input_ids.clone(),
             };
             tensors.insert(
@@ -804,6 +895,7 @@ impl Pipeline {
                     "pixel_values",
                     "vision_features",
                     "audio_fbank",
+                    "audio_mel",
                     "audio_features",
                 ] {
                     tensors.remove(name);

@@ -6,9 +6,13 @@
 //!            └(AV checkpoint) sound track ─16 kHz mono─► 8×2 s clips ─► fbank (f32) ─► bf16
 //! image file ─► RGB ─► image processor ─► 1×3×H×W
 //! audio file ─► channel 0 ─► 30 s pad/crop ─► FFT resample ─► fbank (f64) ─► bf16
+//! Whisper audio tower (`audio_tower_type: "whisper"`, see `crate::audio_tower`): a sound file
+//!            or a video's track ─► 16 kHz mono (FFmpeg down-mix; no track: silence)
+//!            ─► crop / zero-pad to audio_max_seconds ─► Whisper log-mel [n_mels, frames] (f32)
 //! gif / frame directory ─► unique sampled frames (+ black padding), fps 25 / 3
 //! ```
 
+use crate::audio_tower::WhisperAudioTower;
 use crate::error::{PipelineError, Result};
 use crate::{MediaInput, Pipeline};
 use candle_core::{Device, Tensor};
@@ -35,8 +39,9 @@ pub struct MediaRequest {
     pub end_s: Option<f64>,
     /// Use a video's sound track: `None` = when the checkpoint has an audio tower.
     pub use_video_audio: Option<bool>,
-    /// Seed for cropping sounds longer than 30 s (`None`: keep the first 30 s; the
-    /// reference crops at a random offset, which is not reproducible).
+    /// Seed for cropping sounds longer than 30 s (a Whisper tower: `audio_max_seconds`)
+    /// (`None`: keep the start; the reference crops at a random offset, which is not
+    /// reproducible).
     pub audio_crop_seed: Option<u64>,
     /// Pad images/frames to a square with the mean colour first (training-time
     /// `image_aspect_ratio = pad`; the inference reference does not).
@@ -200,7 +205,10 @@ impl Pipeline {
             }
         }
         if let Some(path) = &req.audio {
-            let fbank = audio_file_fbank(path, crop)?;
+            let fbank = match self.whisper_tower() {
+                Some(tower) => audio_file_whisper_mel(tower, path, crop)?,
+                None => audio_file_fbank(path, crop)?,
+            };
             input.audio_fbank = Some(fbank);
             report.audio_source = Some("file".into());
         }
@@ -285,8 +293,31 @@ impl Pipeline {
             }
             Err(e) => return Err(decode_err(e)),
         };
-        fbank_tensor(audio::video_audio_fbank(&samples, crop))
+        match self.whisper_tower() {
+            Some(tower) => tower.log_mel(&samples, crop),
+            None => fbank_tensor(audio::video_audio_fbank(&samples, crop)),
+        }
     }
+
+    /// The checkpoint's audio tower when it is a Whisper encoder.
+    fn whisper_tower(&self) -> Option<&WhisperAudioTower> {
+        self.model.audio.as_ref().and_then(|a| a.encoder.whisper())
+    }
+}
+
+/// A sound file for a Whisper audio tower: 16 kHz mono (as `whisper.audio.load_audio`:
+/// FFmpeg's down-mix and resampling), then the tower's window and log-mel
+/// `[n_mels, frames]`.
+pub fn audio_file_whisper_mel(
+    tower: &WhisperAudioTower,
+    path: &Path,
+    crop: CropMode,
+) -> Result<Tensor> {
+    let samples = decode::decode_audio_16k_mono(path).map_err(decode_err)?;
+    if samples.is_empty() {
+        return Err(PipelineError::file(path, "the audio stream has no samples"));
+    }
+    tower.log_mel(&samples, crop)
 }
 
 /// The reference's `process_audio_file` on any FFmpeg-readable sound file.

@@ -3,10 +3,15 @@
 //! ```text
 //! pixel_values [T,3,H,W] ─► VisionTower ─► [T, n, Cin] ─► Connector ─► [L, C]
 //! input_ids (with −201 placeholder) ─► embed_tokens + splice ─► inputs_embeds [S−1+L, C]
+//! audio (AV checkpoints): fbank [2998, 128] ─► BEATs ─► [1496, Ca] ─┐
+//!                      or log-mel [n_mels, F] ─► Whisper encoder ─► pool ─► [F/2/stride, d] ─┤
+//!                                                   mm_projector_a ─► audio tokens [N, C] ◄─┘
 //! ```
+//! (`config.json`'s `audio_tower_type` picks the audio encoder; see `crate::audio_tower`.)
 //! The model is immutable after loading; per-request state (KV cache) lives in the
 //! generation loop, so one model can serve several requests.
 
+use crate::audio_tower::{AudioTowerConfig, WhisperAudioTower};
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::error::{PipelineError, Result};
@@ -81,18 +86,46 @@ pub const PROJECTOR_PREFIX: &str = "model.mm_projector";
 pub const AUDIO_TOWER_PREFIX: &str = "model.audio_tower";
 pub const AUDIO_PROJECTOR_PREFIX: &str = "model.mm_projector_a";
 
-/// BEATs encoder + `mm_projector_a` (VideoLLaMA2.1-AV).
+/// The audio encoder of an AV checkpoint (`config.json` `audio_tower_type`).
+pub enum AudioEncoder {
+    /// BEATs (VideoLLaMA2.1-AV): input `[2998, 128]` Kaldi fbank.
+    Beats(Beats),
+    /// The Whisper encoder, pooled: input `[n_mels, 100·audio_max_seconds]` log-mel.
+    Whisper(WhisperAudioTower),
+}
+
+impl AudioEncoder {
+    /// The golden / `--dump-tensors` name of the encoder's input.
+    pub fn input_name(&self) -> &'static str {
+        match self {
+            AudioEncoder::Beats(_) => "audio_fbank",
+            AudioEncoder::Whisper(_) => "audio_mel",
+        }
+    }
+
+    /// The Whisper tower, if that is the encoder.
+    pub fn whisper(&self) -> Option<&WhisperAudioTower> {
+        match self {
+            AudioEncoder::Whisper(t) => Some(t),
+            AudioEncoder::Beats(_) => None,
+        }
+    }
+}
+
+/// Audio encoder + `mm_projector_a` (VideoLLaMA2.1-AV; or the Whisper tower).
 pub struct AudioBranch {
-    pub encoder: Beats,
+    pub encoder: AudioEncoder,
     pub projector: MlpProjector,
     pub projector_type: ProjectorType,
 }
 
 /// The stage tensors of one audio encoding (golden names, no batch dim).
 pub struct EncodedAudio {
-    /// `[2998, 128]` log-mel fbank (bf16-rounded values, as the reference feeds it).
+    /// The encoder's input as given: BEATs `[2998, 128]` log-mel fbank (bf16-rounded values,
+    /// as the reference feeds it, dumped as `audio_fbank`), or the Whisper tower's
+    /// `[n_mels, frames]` log-mel (dumped as `audio_mel`, see [`AudioEncoder::input_name`]).
     pub audio_fbank: Tensor,
-    /// `[1496, Ca]` BEATs output.
+    /// `[1496, Ca]` BEATs output, or the Whisper tower's pooled output `[tokens, d_model]`.
     pub audio_features: Tensor,
     /// `[1496, C]` after `mm_projector_a`.
     pub audio_connector_out: Tensor,
@@ -138,10 +171,11 @@ impl VideoLlama2 {
         if weights.prequantized.is_none() {
             weights.prequantized = ckpt.prequantized();
         }
-        // `--llm FILE.gguf`: the language model comes from the GGUF file instead.
-        let llm = match &opts.llm_gguf {
+        // `--llm FILE.gguf` (or config.json's `llm_gguf`): the language model comes from
+        // the GGUF file instead.
+        let llm = match crate::gguf::checkpoint_llm_gguf(dir, &config, opts)? {
             Some(path) => Some(crate::gguf::load_llm_for_checkpoint(
-                path, &config, dir, opts,
+                &path, &config, dir, opts,
             )?),
             None => None,
         };
@@ -257,10 +291,23 @@ impl VideoLlama2 {
         })
     }
 
-    fn build_audio(config: &ModelConfig, vb: &candle_nn::VarBuilder) -> Result<AudioBranch> {
-        let beats_cfg = BeatsConfig::from_model_config(&config.raw)
-            .map_err(|e| PipelineError::Invalid(format!("config.json beats_cfg: {e}")))?;
-        let encoder = Beats::new(&beats_cfg, vb.pp(AUDIO_TOWER_PREFIX))?;
+    fn build_audio(
+        config: &ModelConfig,
+        vb: &candle_nn::VarBuilder<'static>,
+    ) -> Result<AudioBranch> {
+        let tower = AudioTowerConfig::from_model_config(config)?.unwrap_or(AudioTowerConfig::Beats);
+        let (encoder, encoder_dim) = match tower {
+            AudioTowerConfig::Beats => {
+                let beats_cfg = BeatsConfig::from_model_config(&config.raw)
+                    .map_err(|e| PipelineError::Invalid(format!("config.json beats_cfg: {e}")))?;
+                let encoder = Beats::new(&beats_cfg, vb.pp(AUDIO_TOWER_PREFIX))?;
+                (AudioEncoder::Beats(encoder), beats_cfg.encoder_embed_dim)
+            }
+            AudioTowerConfig::Whisper(cfg) => {
+                let tower = WhisperAudioTower::new(&cfg, vb.pp(AUDIO_TOWER_PREFIX))?;
+                (AudioEncoder::Whisper(tower), cfg.d_model)
+            }
+        };
         let name = config
             .mm
             .mm_projector_a_type
@@ -269,10 +316,7 @@ impl VideoLlama2 {
         let projector_type: ProjectorType = name
             .parse()
             .map_err(|e| PipelineError::Invalid(format!("config.json mm_projector_a_type: {e}")))?;
-        let in_dim = config
-            .mm
-            .mm_hidden_size_a
-            .unwrap_or(beats_cfg.encoder_embed_dim);
+        let in_dim = config.mm.mm_hidden_size_a.unwrap_or(encoder_dim);
         let out_dim = config.mm.hidden_size_a.unwrap_or(config.mm.hidden_size);
         if out_dim != config.mm.hidden_size {
             return Err(PipelineError::Invalid(format!(
@@ -293,32 +337,44 @@ impl VideoLlama2 {
         })
     }
 
-    /// Encode a `[frames, 128]` fbank into audio tokens `[1496, C]`.
+    /// Encode the audio encoder's input into audio tokens: a `[frames, 128]` fbank into
+    /// `[1496, C]` (BEATs), or a `[n_mels, frames]` log-mel into `[tokens, C]` (Whisper).
     pub fn encode_audio(&self, fbank: &Tensor) -> Result<EncodedAudio> {
         let audio = self.audio.as_ref().ok_or_else(|| {
             PipelineError::Invalid(
                 "this checkpoint has no audio tower (it is not an audio-visual model)".into(),
             )
         })?;
-        let (_, bins) = fbank.dims2().map_err(|_| {
-            PipelineError::Invalid(format!(
-                "audio fbank must be frames×128, got {:?}",
-                fbank.dims()
-            ))
-        })?;
-        if bins != 128 {
-            return Err(PipelineError::Invalid(format!(
-                "audio fbank must have 128 mel bins, got {bins}"
-            )));
-        }
-        let input = fbank.to_device(&self.device)?.to_dtype(self.dtype)?;
-        let audio_features = audio.encoder.extract_features(&input)?;
+        let audio_features = match &audio.encoder {
+            AudioEncoder::Beats(beats) => {
+                let (_, bins) = fbank.dims2().map_err(|_| {
+                    PipelineError::Invalid(format!(
+                        "audio fbank must be frames×128, got {:?}",
+                        fbank.dims()
+                    ))
+                })?;
+                if bins != 128 {
+                    return Err(PipelineError::Invalid(format!(
+                        "audio fbank must have 128 mel bins, got {bins}"
+                    )));
+                }
+                let input = fbank.to_device(&self.device)?.to_dtype(self.dtype)?;
+                beats.extract_features(&input)?
+            }
+            AudioEncoder::Whisper(tower) => tower.forward(fbank)?,
+        };
         let audio_connector_out = audio.projector.forward(&audio_features)?;
         Ok(EncodedAudio {
             audio_fbank: fbank.clone(),
             audio_features,
             audio_connector_out,
         })
+    }
+
+    /// The golden / `--dump-tensors` name of the audio encoder's input (`audio_fbank` for
+    /// BEATs, `audio_mel` for Whisper; `None` without an audio branch).
+    pub fn audio_input_name(&self) -> Option<&'static str> {
+        self.audio.as_ref().map(|a| a.encoder.input_name())
     }
 
     pub fn num_frames(&self) -> usize {

@@ -337,3 +337,123 @@ fn bad_gguf_files_name_the_file() {
         "{err}"
     );
 }
+
+/// A copy of the fixture checkpoint whose `config.json` names `gguf` in `llm_gguf` and
+/// which has no tokenizer files of its own.
+fn folder_naming_gguf(dir: &Path, gguf_name: &str) -> PathBuf {
+    let out = dir.join("ckpt");
+    std::fs::create_dir_all(&out).unwrap();
+    for entry in std::fs::read_dir(checkpoint()).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if p.is_file() && !name.starts_with("tokenizer") && name != "special_tokens_map.json" {
+            std::fs::copy(&p, out.join(&name)).unwrap();
+        }
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    cfg["llm_gguf"] = gguf_name.into();
+    // The fixture keeps its tower beside the checkpoint folder: point at it.
+    let tower = checkpoint()
+        .parent()
+        .unwrap()
+        .join(cfg["mm_vision_tower"].as_str().unwrap());
+    cfg["mm_vision_tower"] = tower.display().to_string().into();
+    std::fs::write(out.join("config.json"), cfg.to_string()).unwrap();
+    out
+}
+
+/// config.json `llm_gguf` (our default model's layout): the language model, tokenizer, chat
+/// template and eos all come from the GGUF named there, exactly as with `--llm` plus the
+/// GGUF's own tokenizer; a peft adapter at the top level is merged into it at load
+/// (each projection = W + α/r·B·A computed by hand); a missing file names the key.
+#[test]
+fn config_llm_gguf_brings_the_language_model_and_tokenizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, _) = fixture_llm();
+    let dir = folder_naming_gguf(tmp.path(), "lm.gguf");
+    let err = Pipeline::load(&dir, &LoadOptions::default())
+        .err()
+        .expect("the GGUF is not there yet")
+        .to_string();
+    assert!(err.contains("lm.gguf") && err.contains("llm_gguf"), "{err}");
+
+    write_llm(&dir.join("lm.gguf"), &cfg, GgmlDType::F32, true);
+    let dense = Pipeline::load(&checkpoint(), &LoadOptions::default()).unwrap();
+    let from_config = Pipeline::load(&dir, &LoadOptions::default()).unwrap();
+    for (what, media) in [("text", MediaInput::none()), ("video", video())] {
+        let want = answer(&dense, &media, 8);
+        let got = answer(&from_config, &media, 8);
+        assert_eq!(got.input_ids, want.input_ids, "{what}: prompt ids");
+        assert_close(
+            &format!("{what}: logits_steps"),
+            &got.tensors["logits_steps"],
+            &want.tensors["logits_steps"],
+        );
+        assert_eq!(got.token_ids, want.token_ids, "{what}: generated ids");
+    }
+
+    // A top-level peft adapter on q_proj and down_proj.
+    let (r, alpha) = (2usize, 4.0f64);
+    let mut adapter = HashMap::new();
+    let mut seed = 1u32;
+    let mut rand = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    };
+    let targets = ["q_proj", "down_proj"];
+    let mut modules = Vec::new();
+    for (name, linear) in from_config.model.llm.linears() {
+        if !targets.iter().any(|t| name.ends_with(t)) {
+            continue;
+        }
+        let (o, i) = (linear.out_dim(), linear.in_dim());
+        let a = Tensor::from_vec(rand(r * i), (r, i), &Device::Cpu).unwrap();
+        let b = Tensor::from_vec(rand(o * r), (o, r), &Device::Cpu).unwrap();
+        adapter.insert(format!("base_model.model.{name}.lora_A.weight"), a);
+        adapter.insert(format!("base_model.model.{name}.lora_B.weight"), b);
+        modules.push((name, linear.weight().unwrap().clone()));
+    }
+    candle_core::safetensors::save(&adapter, dir.join("adapter_model.safetensors")).unwrap();
+    std::fs::write(
+        dir.join("adapter_config.json"),
+        serde_json::json!({"peft_type": "LORA", "r": r, "lora_alpha": alpha,
+            "target_modules": targets})
+        .to_string(),
+    )
+    .unwrap();
+    let adapted = Pipeline::load(&dir, &LoadOptions::default()).unwrap();
+    assert!(adapted.weights.contains("LoRA r=2"), "{}", adapted.weights);
+    let loaded: HashMap<String, Tensor> = adapted
+        .model
+        .llm
+        .linears()
+        .into_iter()
+        .map(|(n, l)| (n, l.weight().unwrap().clone()))
+        .collect();
+    assert_eq!(modules.len(), 2 * cfg.num_hidden_layers);
+    for (name, base) in &modules {
+        let a = &adapter[&format!("base_model.model.{name}.lora_A.weight")];
+        let b = &adapter[&format!("base_model.model.{name}.lora_B.weight")];
+        let by_hand = (base + (b.matmul(a).unwrap() * (alpha / r as f64)).unwrap()).unwrap();
+        let (d, _) = max_abs_diff(&loaded[name], &by_hand);
+        assert!(d <= 1e-6, "{name}: merged weight differs by {d}");
+    }
+    // An adapter that does not fit is an error naming the adapter file.
+    std::fs::write(
+        dir.join("adapter_config.json"),
+        serde_json::json!({"peft_type": "LORA", "r": 3, "lora_alpha": alpha,
+            "target_modules": targets})
+        .to_string(),
+    )
+    .unwrap();
+    let err = Pipeline::load(&dir, &LoadOptions::default())
+        .err()
+        .expect("r=3 does not fit rank-2 tensors")
+        .to_string();
+    assert!(err.contains("adapter_model.safetensors"), "{err}");
+}

@@ -100,6 +100,20 @@ pub fn export_model(base: &Path, out: &Path, model: &TrainModel, lora: LoraExpor
             out.display()
         )));
     }
+    // A language model read from a released GGUF file has no dense weights in the folder
+    // to merge an adapter into: the adapter is kept apart, at the top level, where
+    // `Pipeline::load` applies it.
+    let lora = match (model.llm_gguf().is_some() && model.lora().is_some(), lora) {
+        (true, LoraExport::Merged) => {
+            return Err(TrainError::Invalid(
+                "the language model comes from a GGUF file (llm_gguf): LoRA cannot be merged \
+                 into it; export the adapter apart (--lora-export separate)"
+                    .into(),
+            ))
+        }
+        (true, _) => LoraExport::Separate,
+        (false, l) => l,
+    };
     std::fs::create_dir_all(out).map_err(io(out))?;
     let trainable = model.trainable();
     let values: HashMap<String, Tensor> = trainable
@@ -194,7 +208,10 @@ pub fn export_model(base: &Path, out: &Path, model: &TrainModel, lora: LoraExpor
         let skip = weight_names.contains(name)
             || RUN_FILES.iter().any(|r| name == *r)
             || name.to_string_lossy().ends_with(".tmp");
-        if path.is_file() && !skip {
+        if path.is_file() && !skip && path.extension().is_some_and(|e| e == "gguf") {
+            // A released language model (hundreds of MB) that training never changes.
+            link_or_copy(&path, &out.join(name))?;
+        } else if path.is_file() && !skip {
             let dst = out.join(name);
             let tmp = tmp_path(&dst);
             std::fs::copy(&path, &tmp).map_err(io(&path))?;

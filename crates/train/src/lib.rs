@@ -25,11 +25,13 @@
 pub mod data;
 pub mod error;
 pub mod export;
+pub mod init;
 pub mod model;
 pub mod optim;
 pub mod plot;
 pub mod prepare;
 pub mod rng;
+pub mod tower;
 mod trainer;
 
 pub use data::{read_samples, Role, Sample, SkippedSample};
@@ -114,6 +116,9 @@ pub struct TrainConfig {
     pub feature_cache: Option<FeatureCache>,
     /// Pad pictures to squares (the reference's training-time `image_aspect_ratio=pad`).
     pub pad_to_square: bool,
+    /// Merge the samples about one media file into one multi-turn conversation
+    /// ([`data::pack_by_media`]): the media runs through the model once for all of them.
+    pub pack_by_media: bool,
     /// End this run after N optimizer steps with a resumable checkpoint (an interruption
     /// on purpose; `resume` continues).
     pub stop_after_steps: Option<usize>,
@@ -149,6 +154,7 @@ impl Default for TrainConfig {
             lora_export: LoraExport::Both,
             feature_cache: None,
             pad_to_square: false,
+            pack_by_media: false,
             stop_after_steps: None,
         }
     }

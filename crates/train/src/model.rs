@@ -76,6 +76,8 @@ pub struct TrainModel {
     varmap: VarMap,
     lora: Option<LoraSpec>,
     lora_modules: Vec<String>,
+    /// The GGUF file the language model came from (config.json `llm_gguf`).
+    llm_gguf: Option<std::path::PathBuf>,
     dtype: DType,
     device: Device,
 }
@@ -92,7 +94,20 @@ impl TrainModel {
             )));
         }
         let vb = ckpt.var_builder();
-        let mut llm = DecoderLm::new(&config.llm, vb.clone())?;
+        // `llm_gguf`: the base language model is a released GGUF file, read dense (every
+        // block dequantized to `dtype`) because quantized products have no backward.
+        let load_opts = videollama_pipeline::LoadOptions {
+            dtype,
+            device: device.clone(),
+            ..Default::default()
+        };
+        let llm_gguf = videollama_pipeline::gguf::checkpoint_llm_gguf(dir, &config, &load_opts)?;
+        let mut llm = match &llm_gguf {
+            Some(path) => {
+                videollama_pipeline::gguf::load_llm_for_checkpoint(path, &config, dir, &load_opts)?
+            }
+            None => DecoderLm::new(&config.llm, vb.clone())?,
+        };
         let varmap = VarMap::new();
 
         let connector_cfg = match &config.mm.mm_vision_tower {
@@ -207,6 +222,7 @@ impl TrainModel {
             varmap,
             lora: spec.lora.clone(),
             lora_modules,
+            llm_gguf,
             dtype,
             device: device.clone(),
         };
@@ -290,6 +306,11 @@ impl TrainModel {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The GGUF file the language model came from, when config.json names one.
+    pub fn llm_gguf(&self) -> Option<&Path> {
+        self.llm_gguf.as_deref()
     }
 
     /// The LoRA settings, when adapters are attached.

@@ -10,8 +10,12 @@
 //!           │   (an earlier answer found verbatim inside a later sequence     answer + eos ids
 //!           │    shares that sequence's forward)
 //!           └─ media ─► Pipeline::prepare_media ─► vision tower [T, n, Cin] / BEATs [N, Ca]
+//!                        or the Whisper tower's pooled features [tokens, d_model]
 //!                        (frozen: computed once, kept in memory or in a cache file)
 //! ```
+//! The audio features come from `VideoLlama2::encode_audio` on `Pipeline::prepare_media`'s
+//! input, the very calls inference makes (`Pipeline::encode_media`), so a Whisper tower's
+//! window, log-mel and pooling are the same in training and at inference.
 //! Any problem with one sample (a missing or unreadable file, a malformed conversation, a
 //! sequence longer than the context) skips that sample with a [`SkippedSample`].
 
@@ -45,6 +49,8 @@ pub struct PrepareOptions {
     /// Pad pictures to a square first (the reference's training `image_aspect_ratio=pad`;
     /// off by default, because inference does not pad).
     pub pad_to_square: bool,
+    /// One multi-turn conversation per media file ([`crate::data::pack_by_media`]).
+    pub pack_by_media: bool,
 }
 
 /// One forward pass: ids (with the placeholder) and the supervised positions.
@@ -61,7 +67,8 @@ pub struct Sequence {
 pub struct MediaFeatures {
     /// Vision-tower features `[T, n, Cin]` (an image repeated to `num_frames`).
     pub vision: Option<Tensor>,
-    /// Audio-encoder features `[N, Ca]`.
+    /// Audio-encoder features `[N, Ca]` (BEATs output, or the Whisper tower's pooled
+    /// `[tokens, d_model]`): what `mm_projector_a` reads.
     pub audio: Option<Tensor>,
 }
 
@@ -129,6 +136,9 @@ pub fn prepare_dataset(
     if let Some(max) = opts.max_samples {
         samples.retain(|s| s.index < max);
         skipped.retain(|s| s.index < max);
+    }
+    if opts.pack_by_media {
+        samples = crate::data::pack_by_media(samples);
     }
     let considered = samples.len() + skipped.len();
     let total = considered;
@@ -420,7 +430,8 @@ fn media_features(
 }
 
 /// FNV-1a over the model identity, the media files (path, size, modification time) and
-/// the preprocessing options.
+/// the preprocessing options (a Whisper tower's window and pooling included: they live in
+/// config.json, which the model identity does not cover).
 fn cache_path(
     pipeline: &Pipeline,
     sample: &Sample,
@@ -428,6 +439,18 @@ fn cache_path(
     dir: &Path,
 ) -> std::result::Result<PathBuf, String> {
     let mut key = format!("{}|pad={}", pipeline.model_identity, opts.pad_to_square);
+    if let Some(tower) = pipeline
+        .model
+        .audio
+        .as_ref()
+        .and_then(|a| a.encoder.whisper())
+    {
+        let c = tower.config();
+        key.push_str(&format!(
+            "|whisper={}x{}x{}:{}s/{}",
+            c.d_model, c.encoder_layers, c.num_mel_bins, c.audio_max_seconds, c.audio_pool_stride
+        ));
+    }
     for (kind, p) in [
         ("video", &sample.video),
         ("image", &sample.image),
@@ -490,4 +513,152 @@ fn store_features(
     candle_core::safetensors::save(&ts, &tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    //! A Whisper audio tower: the prepared (cached) audio features are the ones inference
+    //! computes, and the feature cache tells towers with other pooling apart.
+    use super::*;
+    use candle_nn::{VarBuilder, VarMap};
+    use videollama_connectors::MlpProjector;
+    use videollama_pipeline::audio_tower::{WhisperAudioTower, WhisperEncoderConfig};
+    use videollama_pipeline::checkpoint::find_weight_files;
+    use videollama_pipeline::model::{AUDIO_PROJECTOR_PREFIX, AUDIO_TOWER_PREFIX};
+    use videollama_pipeline::LoadOptions;
+    use videollama_testutil::golden;
+
+    const FX: &str = "videollama2.1-av-tiny";
+
+    /// The AV fixture with its BEATs tower replaced by a random Whisper encoder (d_model 16,
+    /// 1 layer) pooled with `stride`, in `root/checkpoint`.
+    fn whisper_checkpoint(root: &Path, stride: usize) -> PathBuf {
+        let dir = root.join("checkpoint");
+        for (src, dst) in [
+            ("checkpoint", dir.clone()),
+            ("vision_tower", root.join("vision_tower")),
+        ] {
+            copy_dir(&golden(&format!("{FX}/{src}")), &dst);
+        }
+        let mut tensors = HashMap::new();
+        for f in find_weight_files(&dir).unwrap() {
+            tensors.extend(candle_core::safetensors::load(&f, &Device::Cpu).unwrap());
+            std::fs::remove_file(f).unwrap();
+        }
+        let _ = std::fs::remove_file(dir.join("model.safetensors.index.json"));
+        tensors.retain(|k, _| {
+            !k.starts_with("model.audio_tower.") && !k.starts_with("model.mm_projector_a.")
+        });
+        let cfg: WhisperEncoderConfig = serde_json::from_value(serde_json::json!({
+            "d_model": 16, "encoder_layers": 1, "encoder_attention_heads": 2,
+            "num_mel_bins": 80, "max_source_positions": 400, "audio_pool_stride": stride,
+        }))
+        .unwrap();
+        let path = dir.join("config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let hidden = config["hidden_size"].as_u64().unwrap() as usize;
+        // Random weights in the shapes the tower and the projector ask for.
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        WhisperAudioTower::new(&cfg, vb.pp(AUDIO_TOWER_PREFIX)).unwrap();
+        MlpProjector::new(2, 16, hidden, vb.pp(AUDIO_PROJECTOR_PREFIX)).unwrap();
+        for (k, v) in varmap.data().lock().unwrap().iter() {
+            tensors.insert(k.clone(), v.as_tensor().clone());
+        }
+        candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+        let obj = config.as_object_mut().unwrap();
+        obj.remove("beats_cfg");
+        for (k, v) in cfg.config_fields().as_object().unwrap() {
+            obj.insert(k.clone(), v.clone());
+        }
+        std::fs::write(&path, config.to_string()).unwrap();
+        dir
+    }
+
+    fn copy_dir(src: &Path, dst: &Path) {
+        std::fs::create_dir_all(dst).unwrap();
+        for entry in std::fs::read_dir(src).unwrap() {
+            let entry = entry.unwrap();
+            let to = dst.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &to);
+            } else {
+                std::fs::copy(entry.path(), &to).unwrap();
+                let mut perm = std::fs::metadata(&to).unwrap().permissions();
+                #[allow(clippy::permissions_set_readonly_false)]
+                perm.set_readonly(false);
+                std::fs::set_permissions(&to, perm).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn whisper_features_are_the_inference_features() {
+        let tmp = tempfile::tempdir().unwrap();
+        let video = golden(&format!("{FX}/inputs/video_av.mp4"));
+        let wav = golden(&format!("{FX}/inputs/audio.wav"));
+        let data = serde_json::json!([
+            {"video": video, "conversations": [
+                {"from": "human", "value": "<video>\nWhat do you hear?"},
+                {"from": "gpt", "value": "A beep."}]},
+            {"audio": wav, "conversations": [
+                {"from": "human", "value": "<audio>\nWhat is this sound?"},
+                {"from": "gpt", "value": "A voice."}]},
+        ]);
+        let data_path = tmp.path().join("av.json");
+        std::fs::write(&data_path, data.to_string()).unwrap();
+        let cache = tmp.path().join("features");
+        let opts = PrepareOptions {
+            max_samples: None,
+            max_seq_len: None,
+            feature_cache: FeatureCache::Dir(cache.clone()),
+            pad_to_square: false,
+            pack_by_media: false,
+        };
+        let mut last = Vec::new();
+        let dir = whisper_checkpoint(tmp.path(), 25);
+        for stride in [25, 40] {
+            // The same folder with its pooling changed in config.json.
+            let path = dir.join("config.json");
+            let mut config: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            config["whisper_encoder"]["audio_pool_stride"] = stride.into();
+            std::fs::write(&path, config.to_string()).unwrap();
+            let pipeline = Pipeline::load(&dir, &LoadOptions::default()).unwrap();
+            let tokens = 400usize.div_ceil(stride);
+            // Twice: computed, then read back from the cache files.
+            for _ in 0..2 {
+                let ds = prepare_dataset(&pipeline, &data_path, &opts, |_, _, _| {}).unwrap();
+                assert_eq!(ds.samples.len(), 2);
+                for (sample, req) in ds.samples.iter().zip([
+                    MediaRequest {
+                        video: Some(video.clone()),
+                        ..Default::default()
+                    },
+                    MediaRequest {
+                        audio: Some(wav.clone()),
+                        ..Default::default()
+                    },
+                ]) {
+                    let got = sample.features().unwrap().audio.unwrap();
+                    let (input, _) = pipeline.prepare_media(&req).unwrap();
+                    let enc = pipeline.encode_media(&input).unwrap();
+                    let want = &enc.audio.as_ref().unwrap().audio_features;
+                    assert_eq!(got.dims(), &[tokens, 16]);
+                    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    assert_eq!(flat(&got), flat(want), "stride {stride}");
+                    let visual = if sample.modality == Modality::Video {
+                        enc.visual_tokens()
+                    } else {
+                        0
+                    };
+                    assert_eq!(sample.media_tokens, visual + tokens);
+                }
+            }
+            last.push(std::fs::read_dir(&cache).unwrap().count());
+        }
+        // The second pooling wrote its own cache files instead of reading the first's.
+        assert_eq!(last, vec![2, 4]);
+    }
 }

@@ -191,6 +191,7 @@ fn run(
                 .clone()
                 .unwrap_or_else(|| FeatureCache::Dir(out.join("feature_cache"))),
             pad_to_square: cfg.pad_to_square,
+            pack_by_media: cfg.pack_by_media,
         };
         prepare_dataset(&pipeline, data, &opts, |done, total, skipped| {
             if let Some(s) = skipped {

@@ -162,6 +162,7 @@ fn gradients_match_central_finite_differences_in_f64() {
         max_seq_len: None,
         feature_cache: FeatureCache::Memory,
         pad_to_square: false,
+        pack_by_media: false,
     };
     let ds = prepare_dataset(&pipeline, &data, &opts, |_, _, _| {}).unwrap();
     assert_eq!(ds.samples.len(), 2);
@@ -428,6 +429,28 @@ fn trained_folders_load_and_answer() {
         let same = max_abs_diff(t, &sep[k]) == 0.0;
         assert_eq!(same, !k.starts_with("model.mm_projector."), "{k}");
     }
+    // `Pipeline::load` applies a top-level adapter: each projection of the loaded model is
+    // the base weight with the adapter merged by hand (lora::merge on the files' tensors).
+    let sep_adapter = safetensors(&separate.out_dir.join("adapter_model.safetensors"));
+    let loaded = Pipeline::load(&separate.out_dir, &LoadOptions::default()).unwrap();
+    assert!(loaded.weights.contains("LoRA r=4"), "{}", loaded.weights);
+    let mut checked = 0;
+    for (name, linear) in loaded.model.llm.linears() {
+        let a = &sep_adapter[&format!("base_model.model.{name}.lora_A.weight")];
+        let bm = &sep_adapter[&format!("base_model.model.{name}.lora_B.weight")];
+        let merged = videollama_nn::lora::merge(&b[&format!("{name}.weight")], a, bm, 2.0).unwrap();
+        assert!(
+            linear.lora().is_none(),
+            "{name}: a dense layer is merged at load"
+        );
+        assert_eq!(
+            max_abs_diff(linear.weight().unwrap(), &merged),
+            0.0,
+            "{name}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, report.lora_modules.len());
 }
 
 /// Missing and unreadable media, an answer longer than the context, malformed turns and a
@@ -493,6 +516,7 @@ fn training_inputs_equal_inference() {
             max_seq_len: None,
             feature_cache: FeatureCache::Memory,
             pad_to_square: false,
+            pack_by_media: false,
         };
         let ds = prepare_dataset(&pipeline, &data, &opts, |_, _, _| {}).unwrap();
         let spec = TrainConfig::default().model_spec();

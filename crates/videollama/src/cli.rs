@@ -115,6 +115,21 @@ enum Command {
     /// stage 1 trains the connector, stage 2 the connector + LoRA (+ the audio projector).
     /// OUT is a checkpoint folder `ask`/`serve` load; `--resume OUT` continues a run.
     Train(TrainArgs),
+    /// Score a model on a split of the demo world (`make-demo-data`), per question type,
+    /// from the media files.
+    EvalDemo {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        args: crate::demo_eval::EvalDemoArgs,
+    },
+    /// Assemble a new, untrained VideoLLaMA2-layout model (vision tower from
+    /// `train-vision-tower`, Whisper encoder as audio tower, a GGUF language model, fresh
+    /// connector and audio projector) for `videollama train`.
+    InitModel(crate::init_model::InitModelArgs),
+    /// Train the default model's small SigLIP-layout vision tower on the demo world with
+    /// dense per-patch labels (colour, shape, object centre); OUT feeds `init-model`.
+    TrainVisionTower(crate::train_tower::TrainTowerArgs),
     /// Generate the synthetic audio-visual world (shapes, colours, motion, beeps, spoken
     /// numbers) with questions and answers: OUT/{train,val,test}.json + clips/ + meta.jsonl.
     MakeDemoData {
@@ -164,8 +179,10 @@ pub(crate) enum DtypeArg {
 struct ModelArgs {
     /// Hugging Face checkpoint folder (config.json, safetensors, tokenizer.json), a folder
     /// written by `videollama quantize`, or a GGUF language model file (text only).
+    /// Default: the built-in default model (SmolLM2-135M with a small vision tower and
+    /// Whisper-tiny audio, trained on the demo world; see assets/default-model/README.md).
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     #[command(flatten)]
     weights: WeightArgs,
     /// Memory for encoded media kept for reuse (by file content, sampling and model)
@@ -179,13 +196,20 @@ struct ModelArgs {
     /// or the config's `whisper_model`).
     #[arg(long)]
     whisper: Option<PathBuf>,
+    /// Reproduce a reference run bit for bit: a safetensors file with the random draws it
+    /// made (Video-ChatGPT's `lm_head_added_rows`, Chat-UniVi's `dpcNN_jitter`, as a golden
+    /// case's expected.safetensors stores them). Without it, runs are deterministic.
+    #[arg(long, value_name = "FILE.safetensors")]
+    reference_noise: Option<PathBuf>,
 }
 
 /// Options of Video-LLaMA folders (`eval_config.yaml`); ignored by other models.
 #[derive(Args, Clone, Default)]
 struct VideoLlamaArgs {
-    /// Override an eval_config.yaml entry, as the reference demo's --options does
-    /// (repeatable): e.g. `--options model.vit_num_heads=4`.
+    /// Override an eval_config.yaml / model_config.yaml entry, as the reference demo's
+    /// --options does (repeatable): e.g. `--options model.vit_num_heads=4`. Video-ChatGPT
+    /// takes `num_frames`, `conv_mode`; Chat-UniVi `max_frames`, `video_framerate`,
+    /// `conv_mode`.
     #[arg(long = "options", value_name = "KEY=VALUE")]
     config_options: Vec<String>,
     /// Conversation template: vicuna or llama_2 (default: from eval_config.yaml's
@@ -283,12 +307,13 @@ fn bench(args: &BenchArgs) -> Result<()> {
     args.weights.apply_threads();
     let opts = args.weights.load_options()?;
     let margs = ModelArgs {
-        model: args.model.clone().unwrap_or_default(),
+        model: args.model.clone(),
         weights: args.weights.clone(),
         // Every run must encode its media: a cache hit would time nothing.
         encoder_cache_mb: 0,
         video_llama: VideoLlamaArgs::default(),
         whisper: None,
+        reference_noise: None,
     };
     let mode = format!(
         "{} {}",
@@ -473,11 +498,13 @@ pub fn run() -> Result<()> {
             max_request_mb,
         } => {
             let pipeline = std::sync::Arc::new(load(&model)?);
-            let model_name = model
-                .model
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "videollama".into());
+            let model_name = match &model.model {
+                Some(dir) => dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "videollama".into()),
+                None => "videollama-default".into(),
+            };
             let config = videollama_server::ServeConfig {
                 host,
                 port,
@@ -489,6 +516,9 @@ pub fn run() -> Result<()> {
             videollama_server::serve(pipeline, config)
         }
         Command::Bench(args) => bench(&args),
+        Command::EvalDemo { model, args } => crate::demo_eval::run(&load(&model)?, &args),
+        Command::InitModel(args) => crate::init_model::run(&args),
+        Command::TrainVisionTower(args) => crate::train_tower::run(&args),
         Command::Train(args) => train(&args),
         Command::MakeDemoData {
             out,
@@ -530,6 +560,18 @@ pub fn run() -> Result<()> {
                 .and_then(videollama_pipeline::minigpt4_video::config_path);
             if let Some(yaml) = minigpt4 {
                 return inspect_minigpt4_video(&yaml, &video_llama.config_options, json);
+            }
+            if let Some(layout) = model
+                .as_deref()
+                .and_then(videollama_pipeline::video_chatgpt::detect)
+            {
+                return inspect_video_chatgpt(&layout?, &video_llama.config_options, json);
+            }
+            if let Some(dir) = model
+                .as_deref()
+                .filter(|d| videollama_pipeline::chat_univi::config_path(d).is_some())
+            {
+                return inspect_chat_univi(dir, &video_llama.config_options, json);
             }
             let config = match (model, config) {
                 (Some(dir), _) => dir.join("config.json"),
@@ -620,6 +662,7 @@ impl WeightArgs {
             llm_gguf: self.llm.clone(),
             video_llama: Default::default(),
             whisper: None,
+            reference_noise: None,
         })
     }
 }
@@ -629,8 +672,13 @@ fn load(model: &ModelArgs) -> Result<Pipeline> {
     let mut opts = model.weights.load_options()?;
     opts.video_llama = model.video_llama.options()?;
     opts.whisper = whisper_dir(model.whisper.as_deref());
-    let pb = spinner(&format!("loading {}", model.model.display()));
-    let pipeline = Pipeline::load(&model.model, &opts);
+    opts.reference_noise = model.reference_noise.clone();
+    let dir = match &model.model {
+        Some(dir) => dir.clone(),
+        None => crate::default_model::resolve()?,
+    };
+    let pb = spinner(&format!("loading {}", dir.display()));
+    let pipeline = Pipeline::load(&dir, &opts);
     pb.finish_and_clear();
     let pipeline = pipeline?;
     crate::memory::release_free_memory();
@@ -641,7 +689,7 @@ fn load(model: &ModelArgs) -> Result<Pipeline> {
         weights = %pipeline.weights,
         kernels = %videollama_nn::cpu::kernel_summary(),
         "loaded {} in {:.1} s",
-        model.model.display(),
+        pipeline.dir.display(),
         pipeline.load_seconds
     );
     Ok(pipeline)
@@ -1042,6 +1090,99 @@ fn inspect_minigpt4_video(config: &Path, options: &[String], as_json: bool) -> R
     Ok(())
 }
 
+fn inspect_video_chatgpt(
+    layout: &videollama_pipeline::video_chatgpt::Layout,
+    options: &[String],
+    as_json: bool,
+) -> Result<()> {
+    let r = videollama_pipeline::video_chatgpt::inspect::inspect(layout, options)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    let b = |n: u64| format!("{:.4} B ({n})", n as f64 / 1e9);
+    println!("model           Video-ChatGPT, template {}", r.conv_mode);
+    println!("base            {}", r.base.display());
+    println!("projection      {}", r.projection.display());
+    println!(
+        "language model  {:?}: {} layers, hidden {}, {} heads / {} kv heads, MLP {}, vocab {} \
+         ({} in the base lm_head; {} rows no file holds)",
+        r.llm.family,
+        r.llm.layers,
+        r.llm.hidden_size,
+        r.llm.attention_heads,
+        r.llm.kv_heads,
+        r.llm.intermediate_size,
+        r.llm.vocab_size,
+        r.base_vocab,
+        r.lm_head_rows_not_stored
+    );
+    println!("vision tower    {}", r.vision_tower);
+    println!("pooling         100 temporal (zero-padded) + spatial means → mm_projector");
+    let p = &r.parameters;
+    println!("parameters      total {}", b(p.total));
+    println!(
+        "                llm {}, vision tower {}, projector {}",
+        b(p.llm),
+        b(p.vision_tower),
+        b(p.projector)
+    );
+    println!(
+        "tokens          video ({} frames) {}",
+        r.num_frames,
+        r.tokens.video.unwrap_or(0)
+    );
+    Ok(())
+}
+
+fn inspect_chat_univi(dir: &Path, options: &[String], as_json: bool) -> Result<()> {
+    let r = videollama_pipeline::chat_univi::inspect::inspect(dir, options)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    let b = |n: u64| format!("{:.4} B ({n})", n as f64 / 1e9);
+    println!("model           Chat-UniVi");
+    println!(
+        "language model  {:?}: {} layers, hidden {}, {} heads / {} kv heads, MLP {}, vocab {}",
+        r.llm.family,
+        r.llm.layers,
+        r.llm.hidden_size,
+        r.llm.attention_heads,
+        r.llm.kv_heads,
+        r.llm.intermediate_size,
+        r.llm.vocab_size
+    );
+    println!("vision tower    {}", r.vision_tower);
+    if r.clustering.is_empty() {
+        println!("clustering      off (patch tokens; video: frame and patch means)");
+    } else {
+        let ctm: Vec<String> = r
+            .clustering
+            .iter()
+            .enumerate()
+            .map(|(i, (rate, k))| format!("ctm{i} rate {rate} k {k}"))
+            .collect();
+        println!("clustering      DPC-KNN {}", ctm.join(", "));
+    }
+    let p = &r.parameters;
+    println!("parameters      total {}", b(p.total));
+    println!(
+        "                llm {}, vision tower {}, projector {}",
+        b(p.llm),
+        b(p.vision_tower),
+        b(p.projector)
+    );
+    println!(
+        "tokens          image {}, video ({} frames, {} events) {}",
+        r.tokens.image.unwrap_or(0),
+        r.max_frames,
+        r.events_at_max_frames,
+        r.tokens.video.unwrap_or(0)
+    );
+    Ok(())
+}
+
 /// `--whisper DIR`, else `$VIDEOLLAMA_WHISPER`.
 fn whisper_dir(flag: Option<&Path>) -> Option<PathBuf> {
     flag.map(Path::to_path_buf)
@@ -1152,6 +1293,13 @@ struct TrainArgs {
     /// LoRA in the output: merged, separate (peft adapter files) or both.
     #[arg(long, default_value = "both")]
     lora_export: String,
+    /// Peak learning rate of the connector and audio projector (default: --lr).
+    #[arg(long)]
+    connector_lr: Option<f64>,
+    /// One multi-turn conversation per media file: the media runs through the model once
+    /// for all its questions (about 2× cheaper on single-question data).
+    #[arg(long)]
+    pack_by_media: bool,
     /// Worker threads for the numerics (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -1214,6 +1362,8 @@ fn train(args: &TrainArgs) -> Result<()> {
                     .parse()
                     .map_err(|e| anyhow::anyhow!("--stage: {e}"))?,
                 learning_rate: args.lr,
+                connector_lr: args.connector_lr,
+                pack_by_media: args.pack_by_media,
                 epochs: args.epochs,
                 max_steps: args.max_steps,
                 grad_accum: args.grad_accum.max(1),

@@ -5,8 +5,12 @@
 
 mod bench;
 mod cli;
+mod default_model;
+mod demo_eval;
+mod init_model;
 mod memory;
 mod quantize;
+mod train_tower;
 
 fn main() -> std::process::ExitCode {
     memory::configure_allocator();

@@ -1,0 +1,42 @@
+//! The default model built into the binary: the files this project trained
+//! (`assets/default-model/`, a few MB) are embedded here; the released parts they sit on
+//! (SmolLM2-135M-Instruct GGUF, Whisper tiny.en) come from the user's cache, where
+//! scripts/fetch-default-model.sh puts them. `videollama_pipeline::default_model` assembles
+//! the loadable folder on first use. See assets/default-model/README.md for how the trained
+//! files were made (scripts/make-default-model.sh).
+
+use anyhow::Result;
+use std::path::PathBuf;
+
+macro_rules! asset {
+    ($name:literal) => {
+        (
+            $name,
+            include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../assets/default-model/",
+                $name
+            ))
+            .as_slice(),
+        )
+    };
+}
+
+/// The trained files, by their path inside the model folder.
+fn files() -> Vec<(&'static str, &'static [u8])> {
+    vec![
+        asset!("config.json"),
+        asset!("model-00001-of-00002.safetensors"),
+        asset!("adapter_config.json"),
+        asset!("adapter_model.safetensors"),
+        asset!("vision_tower/config.json"),
+        asset!("vision_tower/preprocessor_config.json"),
+    ]
+}
+
+/// The default model's folder, installed into the cache first when needed.
+pub fn resolve() -> Result<PathBuf> {
+    let root = videollama_pipeline::default_model::cache_root();
+    let dir = videollama_pipeline::default_model::ensure_installed(&files(), &root)?;
+    Ok(dir)
+}
