@@ -79,8 +79,17 @@ fi
 if command -v ffmpeg >/dev/null 2>&1; then
   log "ffmpeg CLI: $(ffmpeg -hide_banner -version | head -n 1)"
 fi
-bash "$(dirname "$0")/fetch-test-assets.sh"
+# Downloads belong to the user who builds, not to root: under `sudo bash scripts/setup.sh`
+# they run as $SUDO_USER.
+as_user() {
+  if [ "$(id -u)" -eq 0 ] && [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
+    sudo -u "$SUDO_USER" -H "$@"
+  else
+    "$@"
+  fi
+}
+as_user bash "$(dirname "$0")/fetch-test-assets.sh"
 # The released parts of the default model (SmolLM2-135M-Instruct GGUF, Whisper tiny.en) into
 # the user's cache, so `videollama ask` answers with no --model right after the build.
-bash "$(dirname "$0")/fetch-default-model.sh"
+as_user bash "$(dirname "$0")/fetch-default-model.sh"
 log "done."

@@ -316,7 +316,11 @@ fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
     if std::fs::hard_link(src, &tmp).is_err() {
         std::fs::copy(src, &tmp).map_err(io(src))?;
     }
-    std::fs::rename(&tmp, dst).map_err(io(dst))
+    std::fs::rename(&tmp, dst).map_err(io(dst))?;
+    // rename(2) does nothing when both names are links to one file (a re-save of an
+    // unchanged shard): the temporary name would stay behind.
+    let _ = std::fs::remove_file(&tmp);
+    Ok(())
 }
 
 pub(crate) fn tmp_path(path: &Path) -> PathBuf {

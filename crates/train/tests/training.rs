@@ -287,6 +287,14 @@ fn resume_continues_bit_identically() {
     };
     let a = train(&checkpoint(fx), &data, &whole, |_| {}).unwrap();
     assert_eq!((a.steps, a.finished), (6, true));
+    // Saved twice: nothing of the first save's temporary names is left (a re-linked,
+    // unchanged shard used to leave its `.tmp` name behind).
+    let leftovers: Vec<_> = std::fs::read_dir(&whole.out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 
     let parts = TrainConfig {
         out_dir: dir.path().join("parts"),

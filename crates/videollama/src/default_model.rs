@@ -23,6 +23,7 @@ macro_rules! asset {
 }
 
 /// The trained files, by their path inside the model folder.
+#[cfg(default_model_assets)]
 fn files() -> Vec<(&'static str, &'static [u8])> {
     vec![
         asset!("config.json"),
@@ -35,8 +36,19 @@ fn files() -> Vec<(&'static str, &'static [u8])> {
 }
 
 /// The default model's folder, installed into the cache first when needed.
+#[cfg(default_model_assets)]
 pub fn resolve() -> Result<PathBuf> {
     let root = videollama_pipeline::default_model::cache_root();
     let dir = videollama_pipeline::default_model::ensure_installed(&files(), &root)?;
     Ok(dir)
+}
+
+/// Built from a checkout without the trained files: say how to get a model.
+#[cfg(not(default_model_assets))]
+pub fn resolve() -> Result<PathBuf> {
+    anyhow::bail!(
+        "no --model given, and this binary was built without the default model's trained files \
+         (assets/default-model/ is empty): pass --model DIR, or make them with \
+         scripts/make-default-model.sh and rebuild"
+    )
 }

@@ -1,10 +1,10 @@
-//! The default model through the binary, with no `--model`:
-//! * without the released parts in the cache, a clear error that says how to get them;
-//! * with them (scripts/setup.sh → scripts/fetch-default-model.sh puts them in
-//!   `~/.cache/videollama/downloads`, as CI does), the README's first command on the shipped
-//!   demo clip installs the model into the cache and answers right — scored against the
-//!   clip's ground truth (`assets/demo/clip.json`, the generator's metadata) by the demo
-//!   world's own scorer. Skipped, saying so, when the downloads are absent.
+//! `videollama ask` with no `--model` (the default model):
+//! * with nothing to run, a clear error, a non-zero exit and no panic: a binary built without
+//!   the trained files (assets/default-model/) names scripts/make-default-model.sh; one built
+//!   with them but without the downloaded parts names scripts/fetch-default-model.sh;
+//! * with both, the README's command on the shipped demo clip answers right — scored against
+//!   the clip's ground truth (`assets/demo/clip.json`) by the demo world's own scorer.
+//!   Skipped, saying so, when the binary has no trained files or the downloads are absent.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -22,60 +22,54 @@ fn videollama(home: &Path, args: &[&str]) -> Output {
         .expect("run videollama")
 }
 
-/// Where scripts/fetch-default-model.sh put the downloads for this user, if it did.
-fn real_downloads() -> Option<PathBuf> {
-    let root = videollama_pipeline::default_model::cache_root();
-    videollama_pipeline::default_model::downloaded_parts(&root).ok()?;
-    Some(root.join("downloads"))
-}
-
 const QUESTION: &str = "What colour is the moving shape?";
+const NO_ASSETS: &str = "built without the default model's trained files";
 
 #[test]
-fn without_the_downloads_the_error_says_how_to_get_them() {
+fn ask_without_a_model_says_how_to_get_one() {
     let home = tempfile::tempdir().unwrap();
-    let clip = repo().join("assets/demo/clip.mp4");
-    let out = videollama(
-        home.path(),
-        &["ask", "--video", clip.to_str().unwrap(), QUESTION],
-    );
+    let out = videollama(home.path(), &["ask", QUESTION]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(
-        stderr.contains("scripts/fetch-default-model.sh"),
-        "{stderr}"
-    );
     assert!(!stderr.contains("panicked"), "{stderr}");
+    if stderr.contains(NO_ASSETS) {
+        assert!(stderr.contains("scripts/make-default-model.sh"), "{stderr}");
+        assert!(stderr.contains("--model"), "{stderr}");
+    } else {
+        assert!(
+            stderr.contains("scripts/fetch-default-model.sh"),
+            "{stderr}"
+        );
+    }
     assert!(!home.path().join("default-model").exists());
 }
 
 #[test]
 fn the_readme_question_on_the_demo_clip_is_answered_right() {
-    let Some(downloads) = real_downloads() else {
-        eprintln!(
-            "skipped: the default model's downloads are not in the cache (run scripts/fetch-default-model.sh)"
-        );
+    let root = videollama_pipeline::default_model::cache_root();
+    if videollama_pipeline::default_model::downloaded_parts(&root).is_err() {
+        eprintln!("skipped: no default-model downloads (run scripts/fetch-default-model.sh)");
         return;
-    };
+    }
     let home = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(&downloads, home.path().join("downloads")).unwrap();
+    std::os::unix::fs::symlink(root.join("downloads"), home.path().join("downloads")).unwrap();
     let clip = repo().join("assets/demo/clip.mp4");
-    let meta: ClipMeta = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("assets/demo/clip.json")).unwrap(),
-    )
-    .unwrap();
     let out = videollama(
         home.path(),
         &["ask", "--video", clip.to_str().unwrap(), "--json", QUESTION],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains(NO_ASSETS) {
+        eprintln!("skipped: this binary has no default-model weights ({stderr})");
+        return;
+    }
+    assert!(out.status.success(), "{stderr}");
+    let meta: ClipMeta = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("assets/demo/clip.json")).unwrap(),
+    )
+    .unwrap();
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let answer = json["answer"].as_str().unwrap();
-    eprintln!("answer: {answer:?}");
     assert!(
         score(answer, &meta, QuestionType::Color(Target::Moving)),
         "{answer:?} is not the colour of the moving shape ({:?})",
@@ -83,23 +77,4 @@ fn the_readme_question_on_the_demo_clip_is_answered_right() {
     );
     assert!(json["weights"].as_str().unwrap().contains("LoRA"));
     assert!(json["audio_tokens"].as_u64().unwrap() > 0);
-    // Installed once into the cache; the second run reuses it.
-    let dir = home.path().join("default-model");
-    assert!(dir.join("model.safetensors.index.json").is_file());
-    let modified = std::fs::metadata(dir.join("config.json"))
-        .unwrap()
-        .modified()
-        .unwrap();
-    let again = videollama(
-        home.path(),
-        &["ask", "--video", clip.to_str().unwrap(), QUESTION],
-    );
-    assert!(again.status.success());
-    assert_eq!(
-        std::fs::metadata(dir.join("config.json"))
-            .unwrap()
-            .modified()
-            .unwrap(),
-        modified
-    );
 }
