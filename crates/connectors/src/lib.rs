@@ -25,6 +25,7 @@
 //! still be applied with [`Connector::project`], e.g. for an audio projector).
 
 pub mod dpc_knn;
+pub mod memory_bank_qformer;
 pub mod mlp;
 pub mod projector_type;
 pub mod qformer;

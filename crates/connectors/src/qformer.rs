@@ -167,7 +167,7 @@ impl QFormerConfig {
 
 /// `BertAttention`: multi-head attention + `output.dense` + post-LN residual.
 #[derive(Debug, Clone)]
-struct BertAttention {
+pub(crate) struct BertAttention {
     query: Linear,
     key: Linear,
     value: Linear,
@@ -179,7 +179,7 @@ struct BertAttention {
 
 impl BertAttention {
     /// `vb` at `attention` or `crossattention`; `kv_width` = H (self) or `encoder_width` (cross).
-    fn new(cfg: &QFormerConfig, kv_width: usize, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn new(cfg: &QFormerConfig, kv_width: usize, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         let s = vb.pp("self");
         let o = vb.pp("output");
@@ -195,7 +195,7 @@ impl BertAttention {
     }
 
     /// `x [B, Lq, H]`, `kv [B, Lk, Ckv]` → `LN(x + dense(attn(x, kv)))` `[B, Lq, H]`.
-    fn forward(&self, x: &Tensor, kv: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, kv: &Tensor) -> Result<Tensor> {
         let (b, lq, h) = x.dims3()?;
         let lk = kv.dim(1)?;
         let split = |t: Tensor, l: usize| -> Result<Tensor> {

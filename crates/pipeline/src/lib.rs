@@ -26,6 +26,7 @@ pub mod generate;
 pub mod gguf;
 pub mod inspect;
 pub mod lora_adapter;
+pub mod ma_lmm;
 pub mod media;
 pub mod minigpt4_video;
 pub mod model;
@@ -305,6 +306,16 @@ impl Pipeline {
         }
         if let Some(config) = video_llama::config_path(dir) {
             return Self::load_video_llama(&config, opts, start);
+        }
+        if let Some(config) = ma_lmm::config_path(dir) {
+            // MA-LMM runs frame by frame with per-video memory banks; it has its own entry
+            // point (`ma_lmm::MaLmm`, `videollama ask`) and is not hosted by `Pipeline` yet.
+            return Err(PipelineError::file(
+                config,
+                "an MA-LMM folder: use `videollama ask --model DIR --video FILE` (or \
+                 `ma_lmm::MaLmm` in the library); chat, caption and the server do not host \
+                 MA-LMM yet",
+            ));
         }
         if let Some(config) = minigpt4_video::config_path(dir) {
             return Self::load_minigpt4_video(&config, opts, start);

@@ -376,6 +376,10 @@ struct MediaArgs {
     /// A video file (mp4, mov, webm, mkv, gif, …) or a directory of frames.
     #[arg(long, group = "media")]
     video: Option<PathBuf>,
+    /// MA-LMM: decode each sampled frame only when the model takes it (one decoded frame in
+    /// memory at a time; the answer is the same).
+    #[arg(long)]
+    stream_frames: bool,
     /// An image file (jpg, png, webp, …).
     #[arg(long, group = "media")]
     image: Option<PathBuf>,
@@ -553,6 +557,34 @@ pub fn run() -> Result<()> {
                 .and_then(videollama_pipeline::video_llama::config_path);
             if let Some(yaml) = yaml {
                 return inspect_video_llama(&yaml, &video_llama.config_options, json);
+            }
+            if let Some(yaml) = model
+                .as_deref()
+                .or(config.as_deref())
+                .and_then(videollama_pipeline::ma_lmm::config_path)
+            {
+                let r = videollama_pipeline::ma_lmm::inspect::inspect(
+                    &yaml,
+                    &video_llama.config_options,
+                )?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    println!("MA-LMM ({})", r.config.display());
+                    println!(
+                        "  frames: {} per video, memory banks of {} entries, image_pe rows {}",
+                        r.num_frames, r.memory_bank_length, r.max_num_frames
+                    );
+                    println!(
+                        "  {} px frames, {} queries, prompt {:?}",
+                        r.image_size, r.num_query_token, r.prompt_template
+                    );
+                    for f in &r.files {
+                        let mark = if f.present { "ok" } else { "MISSING" };
+                        println!("  {:<15} {} [{mark}]", f.key, f.path.display());
+                    }
+                }
+                return Ok(());
             }
             let minigpt4 = model
                 .as_deref()
@@ -807,6 +839,13 @@ fn encode(
 }
 
 fn ask(model: &ModelArgs, media: &MediaArgs, gen: &GenArgs, question: &str) -> Result<()> {
+    if let Some(config) = model
+        .model
+        .as_deref()
+        .and_then(videollama_pipeline::ma_lmm::config_path)
+    {
+        return ask_ma_lmm(&config, model, media, gen, question);
+    }
     let pipeline = load(model)?;
     let (encoded, report, cache_status) = encode(&pipeline, media, gen.dump_tensors.is_some())?;
     let opts = gen.options();
@@ -851,6 +890,65 @@ fn ask(model: &ModelArgs, media: &MediaArgs, gen: &GenArgs, question: &str) -> R
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!();
+    }
+    Ok(())
+}
+
+/// MA-LMM (`model_config.yaml` with `arch: blip2_vicuna_instruct_malmm`): the demo path,
+/// frames pushed one at a time through the memory banks, greedy decoding.
+fn ask_ma_lmm(
+    config: &Path,
+    model: &ModelArgs,
+    media: &MediaArgs,
+    gen: &GenArgs,
+    question: &str,
+) -> Result<()> {
+    use videollama_pipeline::ma_lmm::MaLmm;
+    model.weights.apply_threads();
+    let opts = model.weights.load_options()?;
+    let video = media
+        .video
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("MA-LMM answers about a video: give --video FILE"))?;
+    let start = std::time::Instant::now();
+    let m = MaLmm::load(config, &opts, &model.video_llama.config_options)?;
+    let load_s = start.elapsed().as_secs_f64();
+    let r = m.answer_video(
+        video,
+        question,
+        gen.max_new_tokens,
+        media.stream_frames,
+        gen.dump_tensors.is_some(),
+    )?;
+    if let Some(path) = &gen.dump_tensors {
+        videollama_pipeline::save_tensors(&r.tensors, path)?;
+    }
+    if gen.json {
+        let out = json!({
+            "answer": r.answer,
+            "token_ids": r.generation.ids,
+            "prompt": r.prompt,
+            "prompt_tokens": r.generation.inputs_embeds.dim(0)?,
+            "text_tokens": r.generation.llm_input_ids.len(),
+            "visual_tokens": m.qformer.num_queries(),
+            "modality": "video",
+            "family": "ma-lmm",
+            "media": {
+                "sampled_frame_indices": r.indices,
+                "video_num_frames": r.total_frames,
+                "video_avg_fps": r.avg_fps,
+                "streamed": media.stream_frames,
+            },
+            "timings": {
+                "load_s": load_s,
+                "preprocess_s": r.preprocess_s,
+                "vision_s": r.encode_s,
+                "decode_s": r.generate_s,
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("{}", r.answer);
     }
     Ok(())
 }
