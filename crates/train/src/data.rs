@@ -245,6 +245,9 @@ mod tests {
     }
 }
 
+/// The media files a sample looks at: (video, image, audio).
+type MediaKey = (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>);
+
 /// Merge the samples that look at the same media (same video, image and audio files) into
 /// one multi-turn conversation per media, in file order: the media is encoded and run
 /// through the language model once for all its questions, which makes an epoch of the demo
@@ -253,10 +256,7 @@ mod tests {
 /// sample are those of its first member; text-only samples are left alone.
 pub fn pack_by_media(samples: Vec<Sample>) -> Vec<Sample> {
     let mut order: Vec<Sample> = Vec::new();
-    let mut slot: std::collections::HashMap<
-        (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>),
-        usize,
-    > = std::collections::HashMap::new();
+    let mut slot: std::collections::HashMap<MediaKey, usize> = std::collections::HashMap::new();
     for s in samples {
         if s.video.is_none() && s.image.is_none() && s.audio.is_none() {
             order.push(s);

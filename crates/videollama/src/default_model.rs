@@ -8,6 +8,7 @@
 use anyhow::Result;
 use std::path::PathBuf;
 
+#[cfg(default_model_assets)]
 macro_rules! asset {
     ($name:literal) => {
         (
