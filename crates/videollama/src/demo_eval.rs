@@ -78,7 +78,10 @@ pub fn run(pipeline: &Pipeline, args: &EvalDemoArgs) -> Result<()> {
         let (input, _) = pipeline.prepare_media(&request)?;
         let encoded = pipeline.encode_media(&input)?;
         for qa in &clip.qa {
-            let answer = pipeline.answer(&[qa.question.clone()], &encoded, &opts, |_| true)?;
+            let answer =
+                pipeline.answer(std::slice::from_ref(&qa.question), &encoded, &opts, |_| {
+                    true
+                })?;
             let ok = score(&answer.answer, clip, qa.question_type);
             let t = tally.entry(qa.question_type.category()).or_default();
             t.total += 1;
