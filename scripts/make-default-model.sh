@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reproduce the default model from scratch (see assets/default-model/README.md for what it
-# is, the times each step took and the accuracy it reached).
+# Reproduce the default model from scratch (see docs/default-model.md for what it is, the
+# times each step took and the accuracy the runs so far reached).
 #
 #   1. the synthetic demo world (train / val / test / test_ood splits)
 #   2. the small vision tower, trained with dense per-patch labels (colour, shape, centre)

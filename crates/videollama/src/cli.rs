@@ -180,7 +180,7 @@ struct ModelArgs {
     /// Hugging Face checkpoint folder (config.json, safetensors, tokenizer.json), a folder
     /// written by `videollama quantize`, or a GGUF language model file (text only).
     /// Default: the built-in default model (SmolLM2-135M with a small vision tower and
-    /// Whisper-tiny audio, trained on the demo world; see assets/default-model/README.md).
+    /// Whisper-tiny audio, trained on the demo world; see docs/default-model.md).
     #[arg(long)]
     model: Option<PathBuf>,
     #[command(flatten)]

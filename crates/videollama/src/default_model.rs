@@ -2,8 +2,8 @@
 //! (`assets/default-model/`, a few MB) are embedded here; the released parts they sit on
 //! (SmolLM2-135M-Instruct GGUF, Whisper tiny.en) come from the user's cache, where
 //! scripts/fetch-default-model.sh puts them. `videollama_pipeline::default_model` assembles
-//! the loadable folder on first use. See assets/default-model/README.md for how the trained
-//! files were made (scripts/make-default-model.sh).
+//! the loadable folder on first use. See docs/default-model.md for how the trained files are
+//! made (scripts/make-default-model.sh).
 
 use anyhow::Result;
 use std::path::PathBuf;
