@@ -179,8 +179,9 @@ pub(crate) enum DtypeArg {
 struct ModelArgs {
     /// Hugging Face checkpoint folder (config.json, safetensors, tokenizer.json), a folder
     /// written by `videollama quantize`, or a GGUF language model file (text only).
-    /// Default: the built-in default model (SmolLM2-135M with a small vision tower and
-    /// Whisper-tiny audio, trained on the demo world; see docs/default-model.md).
+    /// Default: the default model built into this binary, when it was built with
+    /// assets/default-model/ filled in (SmolLM2-135M + a small vision tower + Whisper-tiny
+    /// audio, trained on the demo world; not shipped yet — see docs/default-model.md).
     #[arg(long)]
     model: Option<PathBuf>,
     #[command(flatten)]
