@@ -162,7 +162,54 @@ pub struct EncodedVisual {
     pub connector_seconds: f64,
 }
 
+/// What a family that runs its own encoders (`family.rs`) says about its language model.
+pub struct LanguageModelOnly<'a> {
+    /// `model_type` of the synthetic config (`"video_chatgpt"`, …), for reports.
+    pub model_type: &'a str,
+    pub llm_cfg: videollama_llm::DecoderConfig,
+    pub family: crate::config::LlmFamily,
+    pub vision_tower: Option<&'a str>,
+    pub num_frames: usize,
+    /// The family's own configuration, kept for `inspect`.
+    pub raw: serde_json::Value,
+    pub unused_tensors: Vec<String>,
+}
+
 impl VideoLlama2 {
+    /// A `VideoLlama2` holding only a language model: the families with their own encoders
+    /// (Video-LLaMA, MiniGPT4-Video, Video-ChatGPT, Chat-UniVi) keep their LLM here.
+    pub fn language_model_only(
+        parts: LanguageModelOnly<'_>,
+        llm: DecoderLm,
+        opts: &crate::LoadOptions,
+    ) -> Result<Self> {
+        let mut mm = serde_json::json!({
+            "model_type": parts.model_type,
+            "hidden_size": parts.llm_cfg.hidden_size,
+            "num_frames": parts.num_frames,
+        });
+        if let Some(tower) = parts.vision_tower {
+            mm["mm_vision_tower"] = tower.into();
+        }
+        let mm: crate::config::MultimodalConfig =
+            serde_json::from_value(mm).map_err(|e| PipelineError::Invalid(e.to_string()))?;
+        Ok(Self {
+            config: ModelConfig {
+                mm,
+                llm: parts.llm_cfg,
+                family: parts.family,
+                system_message: false,
+                raw: parts.raw,
+            },
+            llm,
+            visual: None,
+            audio: None,
+            device: opts.device.clone(),
+            dtype: opts.dtype,
+            unused_tensors: parts.unused_tensors,
+        })
+    }
+
     pub fn load(dir: &Path, opts: &crate::LoadOptions) -> Result<Self> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let ckpt = Checkpoint::open(dir, opts.dtype, &opts.device)?;

@@ -578,31 +578,23 @@ pub fn load(path: &Path, opts: &crate::LoadOptions, config_options: &[String]) -
     let context_window = m
         .context_window
         .unwrap_or(if is_mistral { 7500 } else { 3700 });
-    let mm: crate::config::MultimodalConfig = serde_json::from_value(serde_json::json!({
-        "model_type": "minigpt4_video",
-        "hidden_size": llm_cfg.hidden_size,
-        "num_frames": max_frames,
-    }))
-    .map_err(|e| PipelineError::Invalid(e.to_string()))?;
-    let model = crate::model::VideoLlama2 {
-        config: crate::config::ModelConfig {
-            mm,
-            llm: llm_cfg,
+    let model = crate::model::VideoLlama2::language_model_only(
+        crate::model::LanguageModelOnly {
+            model_type: "minigpt4_video",
+            llm_cfg,
             family: if is_mistral {
                 crate::config::LlmFamily::Mistral
             } else {
                 crate::config::LlmFamily::Llama
             },
-            system_message: false,
+            vision_tower: None,
+            num_frames: max_frames,
             raw,
+            unused_tensors: unused,
         },
         llm,
-        visual: None,
-        audio: None,
-        device: opts.device.clone(),
-        dtype: opts.dtype,
-        unused_tensors: unused,
-    };
+        opts,
+    )?;
     Ok(Loaded {
         parts: MiniGpt4VideoParts {
             config: cfg,

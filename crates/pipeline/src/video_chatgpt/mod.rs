@@ -750,28 +750,19 @@ pub fn load(layout: &Layout, opts: &crate::LoadOptions) -> Result<Loaded> {
         added = added_rows.dim(0)?,
         "Video-ChatGPT weights loaded"
     );
-    let mm: crate::config::MultimodalConfig = serde_json::from_value(serde_json::json!({
-        "model_type": "video_chatgpt",
-        "hidden_size": llm_cfg.hidden_size,
-        "mm_vision_tower": tower_name,
-        "num_frames": options.num_frames,
-    }))
-    .map_err(|e| PipelineError::Invalid(e.to_string()))?;
-    let model = crate::model::VideoLlama2 {
-        config: crate::config::ModelConfig {
-            mm,
-            llm: llm_cfg,
+    let model = crate::model::VideoLlama2::language_model_only(
+        crate::model::LanguageModelOnly {
+            model_type: "video_chatgpt",
+            llm_cfg,
             family: crate::config::LlmFamily::Llama,
-            system_message: false,
+            vision_tower: Some(&tower_name),
+            num_frames: options.num_frames,
             raw,
+            unused_tensors: unused,
         },
         llm,
-        visual: None,
-        audio: None,
-        device: opts.device.clone(),
-        dtype: opts.dtype,
-        unused_tensors: unused,
-    };
+        opts,
+    )?;
     let processor = tower_folder.processor.clone();
     Ok(Loaded {
         parts: VideoChatGptParts {

@@ -644,28 +644,20 @@ pub fn load(path: &Path, opts: &crate::LoadOptions, vopts: &VideoLlamaOptions) -
         count = unused.len(),
         "weight-file tensors Video-LLaMA does not use"
     );
-    let mm: crate::config::MultimodalConfig = serde_json::from_value(serde_json::json!({
-        "model_type": format!("video_llama:{}", config.model.model_type),
-        "hidden_size": llm_cfg.hidden_size,
-        "num_frames": config.model.n_frms,
-    }))
-    .map_err(|e| PipelineError::Invalid(e.to_string()))?;
-    let model_config = crate::config::ModelConfig {
-        mm,
-        llm: llm_cfg,
-        family: crate::config::LlmFamily::Llama,
-        system_message: false,
-        raw,
-    };
-    let model = crate::model::VideoLlama2 {
-        config: model_config,
+    let model_type = format!("video_llama:{}", config.model.model_type);
+    let model = crate::model::VideoLlama2::language_model_only(
+        crate::model::LanguageModelOnly {
+            model_type: &model_type,
+            llm_cfg,
+            family: crate::config::LlmFamily::Llama,
+            vision_tower: None,
+            num_frames: config.model.n_frms,
+            raw,
+            unused_tensors: unused,
+        },
         llm,
-        visual: None,
-        audio: None,
-        device: opts.device.clone(),
-        dtype: opts.dtype,
-        unused_tensors: unused,
-    };
+        opts,
+    )?;
     Ok(Loaded {
         parts,
         model,
