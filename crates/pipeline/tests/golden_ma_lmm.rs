@@ -236,12 +236,19 @@ fn bicubic_resize_from_decoded_frames() {
         &resized,
         &tensors("debug")["resized_float_before_uint8"],
     );
+    // Bit for bit: a one-ulp difference can move a value across an integer before the uint8
+    // cast (media.rs `acc4`).
+    let ours: Vec<f32> = resized.flatten_all().unwrap().to_vec1().unwrap();
+    let want: Vec<f32> = tensors("debug")["resized_float_before_uint8"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let differ = ours.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    assert_eq!(differ, 0, "{differ} of {} resized values differ in their bits", want.len());
 }
 
 #[test]
-#[ignore = "not bit-exact yet: our f32 bicubic differs from PyTorch's CPU kernel by a few ulps \
-            (max 6e-5 on 0..319), and 205 of 75,264 values fall on the other side of an integer \
-            before the uint8 cast, i.e. 1/255 steps in pixel_values"]
 fn pixel_values_from_decoded_frames() {
     let (_, pixels) = preprocess_stored_frames();
     assert_close(

@@ -86,16 +86,17 @@ fn taps(in_size: usize, out_size: usize) -> Vec<([usize; 4], [f32; 4])> {
         .collect()
 }
 
-/// `out = x0·w0; out += xj·wj` as PyTorch's `Interpolate::eval`, with the `+=` as fused
-/// multiply-adds (what GCC's default `-ffp-contract=fast` makes of PyTorch's AVX2 kernels).
-/// [UNVERIFIED] this is the closest of the FMA placements tried, not bit-exact: on the fixture
-/// 205 of 75,264 resized values still land on the other side of an integer (see the golden test).
+/// One 4-tap sum in the order and rounding of PyTorch 2.5's CPU kernel (its separable
+/// float path, AVX2/AVX-512 builds): `x1·w1` first, then `x0·w0`, `x2·w2`, `x3·w3` each added
+/// with a fused multiply-add. Found by probing torch 2.5.1 itself: with this order the
+/// horizontal pass, the vertical pass and the whole resize are bit-identical to it (and to
+/// the fixture's `resized_float_before_uint8`); the plain `Σ xj·wj` differs in ~25 % of values
+/// by an ulp, which the uint8 cast turns into 1/255 steps. (torch 2.3.1 rounds differently.)
 fn acc4(x: [f32; 4], w: [f32; 4]) -> f32 {
-    let mut out = x[0] * w[0];
-    for j in 1..4 {
-        out = x[j].mul_add(w[j], out);
-    }
-    out
+    let mut out = x[1] * w[1];
+    out = x[0].mul_add(w[0], out);
+    out = x[2].mul_add(w[2], out);
+    x[3].mul_add(w[3], out)
 }
 
 /// `F.interpolate(x, (oh, ow), mode="bicubic", align_corners=False)` of one float plane
