@@ -6,7 +6,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 src="${1:-$here/../shared/golden}"
 dst="$here/tests/golden"
-fixtures=(videollama2-mistral-tiny videollama2.1-qwen2-tiny videollama2.1-av-tiny video-llama-tiny minigpt4-video-tiny minigpt4-video-mistral-tiny video-chatgpt-tiny chat-univi-tiny ma-lmm-tiny)
+fixtures=(videollama2-mistral-tiny videollama2.1-qwen2-tiny videollama2.1-av-tiny video-llama-tiny minigpt4-video-tiny minigpt4-video-mistral-tiny video-chatgpt-tiny chat-univi-tiny ma-lmm-tiny qwen2-vl-tiny)
 mkdir -p "$dst"
 cp "$src/README.md" "$dst/README.md"
 for f in "${fixtures[@]}"; do

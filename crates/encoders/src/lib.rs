@@ -18,6 +18,7 @@ pub mod clip;
 mod encoder_layer;
 pub mod eva_vit;
 pub mod imagebind_audio;
+pub mod qwen2_vl_vision;
 pub mod siglip;
 pub mod vision_tower;
 
@@ -26,5 +27,6 @@ pub use clip::{ClipVisionConfig, ClipVisionModel};
 pub use encoder_layer::layers_to_run;
 pub use eva_vit::{EvaVit, EvaVitConfig, LnVision};
 pub use imagebind_audio::{ImageBindAudio, ImageBindAudioConfig, ImageBindAudioOutput};
+pub use qwen2_vl_vision::{Qwen2VlVision, Qwen2VlVisionConfig, Qwen2VlVisionOutput};
 pub use siglip::{SiglipVisionConfig, SiglipVisionModel};
 pub use vision_tower::{SelectFeature, VisionTower, VisionTowerConfig, VisionTowerKind};

@@ -42,6 +42,17 @@ pub struct DecoderConfig {
     pub num_local_experts: Option<usize>,
     /// Mixtral: experts mixed per token (top-k).
     pub num_experts_per_tok: usize,
+    /// Qwen2-VL M-RoPE (`rope_scaling.mrope_section`, e.g. `[16, 24, 24]`): how many rotary
+    /// frequencies follow the temporal, height and width position ids (sums to head_dim / 2).
+    /// `None`: ordinary 1-D RoPE.
+    pub mrope_section: Option<Vec<usize>>,
+}
+
+/// The part of `rope_scaling` the decoder reads (other keys and kinds are ignored).
+#[derive(Deserialize)]
+struct RawRopeScaling {
+    #[serde(default)]
+    mrope_section: Option<Vec<usize>>,
 }
 
 /// Wire format: everything optional that HF lets be absent, resolved in `From`.
@@ -74,6 +85,8 @@ struct RawDecoderConfig {
     num_local_experts: Option<usize>,
     #[serde(default)]
     num_experts_per_tok: Option<usize>,
+    #[serde(default)]
+    rope_scaling: Option<RawRopeScaling>,
 }
 
 impl From<RawDecoderConfig> for DecoderConfig {
@@ -98,6 +111,7 @@ impl From<RawDecoderConfig> for DecoderConfig {
             attention_bias: r.attention_bias.unwrap_or(false),
             num_local_experts: r.num_local_experts,
             num_experts_per_tok: r.num_experts_per_tok.unwrap_or(2),
+            mrope_section: r.rope_scaling.and_then(|s| s.mrope_section),
         }
     }
 }

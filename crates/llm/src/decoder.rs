@@ -209,6 +209,7 @@ impl Attention {
         xs: &Tensor,
         rope: &RotaryEmbedding,
         offset: usize,
+        tables: Option<&(Tensor, Tensor)>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let (b, l, _) = xs.dims3()?;
@@ -219,8 +220,8 @@ impl Attention {
             qkv.next().unwrap(),
             qkv.next().unwrap(),
         );
-        let q = apply_rope(rope, &heads(q, self.n_heads)?, offset)?;
-        let k = apply_rope(rope, &heads(k, self.n_kv_heads)?, offset)?;
+        let q = apply_rope(rope, &heads(q, self.n_heads)?, offset, tables)?;
+        let k = apply_rope(rope, &heads(k, self.n_kv_heads)?, offset, tables)?;
         let v = heads(v, self.n_kv_heads)?;
         let (k, v) = match cache {
             Some((cache, index)) => cache.append(index, offset, &k, &v)?,
@@ -236,8 +237,21 @@ impl Attention {
 }
 
 /// RoPE: candle's fused kernel for inference; the composed `rotate_half` form (ops with a
-/// backward, same tables) when gradients must flow.
-fn apply_rope(rope: &RotaryEmbedding, xs: &Tensor, offset: usize) -> Result<Tensor> {
+/// backward, same tables) when gradients must flow. `tables`: explicit `(cos, sin)` rows
+/// (M-RoPE, see [`RopePositions`]) instead of the positions `offset..`.
+fn apply_rope(
+    rope: &RotaryEmbedding,
+    xs: &Tensor,
+    offset: usize,
+    tables: Option<&(Tensor, Tensor)>,
+) -> Result<Tensor> {
+    if let Some((cos, sin)) = tables {
+        return if is_differentiable(xs) {
+            candle_nn::rotary_emb::rope_slow(xs, cos, sin)
+        } else {
+            candle_nn::rotary_emb::rope(&xs.contiguous()?, cos, sin)
+        };
+    }
     if is_differentiable(xs) {
         let (cos, sin) = rope.tables(offset, xs.dim(2)?, xs.dtype())?;
         candle_nn::rotary_emb::rope_slow(xs, &cos, &sin)
@@ -302,12 +316,14 @@ impl DecoderLayer {
         xs: &Tensor,
         rope: &RotaryEmbedding,
         offset: usize,
+        tables: Option<&(Tensor, Tensor)>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let a = self.self_attn.forward(
             &norm_forward(&self.input_layernorm, xs)?,
             rope,
             offset,
+            tables,
             cache,
         )?;
         let h = (xs + a)?;
@@ -358,6 +374,19 @@ impl DecoderLayer {
     }
 }
 
+/// Rotary positions of the rows of one forward.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopePositions {
+    /// The cache positions `cache.len()..cache.len()+L` (every 1-D model).
+    Sequential,
+    /// `cache.len() + delta ..` on every axis: M-RoPE decoding, where HF uses
+    /// `cache_position + rope_deltas` (equal rows reduce M-RoPE to 1-D RoPE).
+    Shifted(i64),
+    /// M-RoPE ids `[temporal, height, width][L]` (Qwen2-VL prefill, `get_rope_index`); needs
+    /// `mrope_section` in the config.
+    Multi([Vec<i64>; 3]),
+}
+
 /// Decoder-only causal LM (Mistral / Qwen2 / Mixtral) with its embedding table and `lm_head`.
 #[derive(Debug, Clone)]
 pub struct DecoderLm {
@@ -391,6 +420,15 @@ impl DecoderLm {
             linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
         };
         let rope = RotaryEmbedding::new(cfg.head_dim, cfg.rope_theta, &device)?;
+        if let Some(sections) = &cfg.mrope_section {
+            if sections.len() != 3 || sections.iter().sum::<usize>() != cfg.head_dim / 2 {
+                candle_core::bail!(
+                    "rope_scaling.mrope_section {sections:?} must have 3 entries summing to \
+                     head_dim / 2 = {}",
+                    cfg.head_dim / 2
+                )
+            }
+        }
         Ok(Self {
             cfg: cfg.clone(),
             embed_tokens,
@@ -456,6 +494,17 @@ impl DecoderLm {
     /// another call with the new token's embedding. The cache is only updated when the whole
     /// forward succeeded. Embeddings of another dtype are cast to the model dtype.
     pub fn forward_embeds(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        self.forward_embeds_at(embeds, cache, &RopePositions::Sequential)
+    }
+
+    /// [`Self::forward_embeds`] with explicit rotary positions (Qwen2-VL M-RoPE); the KV
+    /// cache and the causal mask still use the cache positions.
+    pub fn forward_embeds_at(
+        &self,
+        embeds: &Tensor,
+        cache: &mut KvCache,
+        positions: &RopePositions,
+    ) -> Result<Tensor> {
         let embeds = match embeds.rank() {
             2 => embeds.unsqueeze(0)?,
             3 => embeds.clone(),
@@ -477,11 +526,18 @@ impl DecoderLm {
             )
         }
         let offset = cache.len;
+        let tables = self.rope_tables(positions, offset, l)?;
         let mut xs = embeds.to_dtype(self.dtype)?;
         // New keys/values are written past `cache.len`, which only moves once every layer
         // succeeded: a failed forward leaves the cache as it was.
         for (index, layer) in self.layers.iter().enumerate() {
-            xs = layer.forward(&xs, &self.rope, offset, Some((&mut *cache, index)))?;
+            xs = layer.forward(
+                &xs,
+                &self.rope,
+                offset,
+                tables.as_ref(),
+                Some((&mut *cache, index)),
+            )?;
         }
         // Only the last position's logits are ever needed (norm + lm_head on one row).
         let last = xs.narrow(1, l - 1, 1)?.contiguous()?;
@@ -493,8 +549,53 @@ impl DecoderLm {
 
     /// [`Self::forward_embeds`] for plain token ids (text-only prompts, decoding steps).
     pub fn forward_tokens(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        self.forward_tokens_at(ids, cache, &RopePositions::Sequential)
+    }
+
+    /// [`Self::forward_tokens`] with explicit rotary positions.
+    pub fn forward_tokens_at(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        positions: &RopePositions,
+    ) -> Result<Tensor> {
         let ids = Tensor::new(ids, &self.device)?;
-        self.forward_embeds(&self.embed_tokens(&ids)?.unsqueeze(0)?, cache)
+        self.forward_embeds_at(&self.embed_tokens(&ids)?.unsqueeze(0)?, cache, positions)
+    }
+
+    /// `(cos, sin)` for `len` rows at cache offset `offset`; `None` keeps the 1-D path.
+    fn rope_tables(
+        &self,
+        positions: &RopePositions,
+        offset: usize,
+        len: usize,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        match positions {
+            RopePositions::Sequential => Ok(None),
+            RopePositions::Shifted(delta) => {
+                let start = offset as i64 + delta;
+                if start < 0 {
+                    candle_core::bail!(
+                        "rotary position {start} (cache {offset} + delta {delta}) is negative"
+                    )
+                }
+                self.rope.tables(start as usize, len, self.dtype).map(Some)
+            }
+            RopePositions::Multi(rows) => {
+                let sections = self.cfg.mrope_section.as_deref().ok_or_else(|| {
+                    candle_core::Error::msg(
+                        "3-row position ids need rope_scaling.mrope_section in config.json",
+                    )
+                })?;
+                if rows.iter().any(|r| r.len() != len) {
+                    candle_core::bail!(
+                        "M-RoPE position ids have {} columns for {len} positions",
+                        rows[0].len()
+                    )
+                }
+                self.rope.mrope_tables(rows, sections, self.dtype).map(Some)
+            }
+        }
     }
 
     /// Training forward: `embeds` (`[L, H]` or `[1, L, H]`) as positions `0..L` with no KV
@@ -517,7 +618,7 @@ impl DecoderLm {
         }
         let mut xs = embeds.to_dtype(self.dtype)?;
         for layer in &self.layers {
-            xs = layer.forward(&xs, &self.rope, 0, None)?;
+            xs = layer.forward(&xs, &self.rope, 0, None, None)?;
         }
         let xs = xs.squeeze(0)?;
         let xs = match rows {
@@ -721,6 +822,43 @@ mod tests {
     }
 
     /// Prefill in one call, in chunks, and one token at a time must agree on the last logits.
+    #[test]
+    fn mrope_positions_with_equal_rows_are_1d_rope() -> Result<()> {
+        let mut m = tiny(false, true, false, DType::F32)?;
+        m.cfg.mrope_section = Some(vec![1, 0, 1]);
+        let ids: Vec<u32> = vec![3, 17, 42, 8, 8, 1, 29, 49, 0];
+        let n = ids.len() as i64;
+        let run = |p: &RopePositions| -> Result<Tensor> {
+            let mut c = m.new_cache();
+            m.forward_tokens_at(&ids, &mut c, p)
+        };
+        let seq = run(&RopePositions::Sequential)?;
+        let row: Vec<i64> = (0..n).collect();
+        let multi = run(&RopePositions::Multi([row.clone(), row.clone(), row]))?;
+        assert_eq!(max_diff(&seq, &multi), 0.0);
+        let shifted: Vec<i64> = (3..n + 3).collect();
+        let a = run(&RopePositions::Shifted(3))?;
+        let b = run(&RopePositions::Multi([
+            shifted.clone(),
+            shifted.clone(),
+            shifted.clone(),
+        ]))?;
+        assert_eq!(max_diff(&a, &b), 0.0);
+        assert!(max_diff(&a, &seq) > 0.0);
+        // A distinct width row changes the result; wrong lengths are errors.
+        let other: Vec<i64> = (0..n).map(|i| i / 2).collect();
+        // (section [1, 0, 1]: frequency 0 follows the temporal row, 1 the width row)
+        let c = run(&RopePositions::Multi([
+            shifted.clone(),
+            shifted.clone(),
+            other,
+        ]))?;
+        assert!(max_diff(&c, &b) > 0.0);
+        assert!(run(&RopePositions::Multi([vec![0], vec![0], vec![0]])).is_err());
+        assert!(run(&RopePositions::Shifted(-20)).is_err());
+        Ok(())
+    }
+
     #[test]
     fn kv_cache_prefill_equals_incremental() -> Result<()> {
         for (moe, bias, tie) in [

@@ -30,7 +30,7 @@ pub mod moe;
 pub mod rope;
 
 pub use config::DecoderConfig;
-pub use decoder::{DecoderLm, KvCache};
+pub use decoder::{DecoderLm, KvCache, RopePositions};
 pub use generation::{
     apply_repetition_penalty, argmax, generate, GenerateOutput, GenerationConfig, LogitsProcessor,
     SamplingParams, StopReason, TokenIds,

@@ -12,6 +12,8 @@ use candle_core::{DType, Device, Result, Tensor};
 pub struct RotaryEmbedding {
     /// `[1, head_dim / 2]` f32.
     inv_freq: Tensor,
+    /// The same frequencies on the host (M-RoPE tables are assembled here).
+    inv: Vec<f32>,
     head_dim: usize,
 }
 
@@ -24,8 +26,12 @@ impl RotaryEmbedding {
         let inv: Vec<f32> = (0..head_dim / 2)
             .map(|i| 1.0f32 / base.powf((2 * i) as f32 / head_dim as f32))
             .collect();
-        let inv_freq = Tensor::from_vec(inv, (1, head_dim / 2), device)?;
-        Ok(Self { inv_freq, head_dim })
+        let inv_freq = Tensor::from_vec(inv.clone(), (1, head_dim / 2), device)?;
+        Ok(Self {
+            inv_freq,
+            inv,
+            head_dim,
+        })
     }
 
     pub fn head_dim(&self) -> usize {
@@ -38,6 +44,45 @@ impl RotaryEmbedding {
             .to_dtype(DType::F32)?
             .reshape((len, 1))?;
         let angles = pos.broadcast_mul(&self.inv_freq)?;
+        Ok((
+            angles.cos()?.to_dtype(dtype)?,
+            angles.sin()?.to_dtype(dtype)?,
+        ))
+    }
+
+    /// M-RoPE (Qwen2-VL) `(cos, sin)`, each `[len, head_dim / 2]` in `dtype`: frequency `i`
+    /// takes its position from row `a(i)` of `positions` (`[3][len]`: temporal, height,
+    /// width), where `sections` (`mrope_section`) gives how many consecutive frequencies each
+    /// row drives. HF splits the duplicated `[head_dim]` tables by `sections · 2`, which picks
+    /// the same row for frequency `i` in both halves. Rows that agree (text) reduce to
+    /// [`Self::tables`] bit for bit: the angle is the same f32 product.
+    pub fn mrope_tables(
+        &self,
+        positions: &[Vec<i64>; 3],
+        sections: &[usize],
+        dtype: DType,
+    ) -> Result<(Tensor, Tensor)> {
+        let half = self.head_dim / 2;
+        if sections.len() != 3 || sections.iter().sum::<usize>() != half {
+            candle_core::bail!(
+                "mrope_section {sections:?} must have 3 entries summing to head_dim / 2 = {half}"
+            )
+        }
+        let len = positions[0].len();
+        if positions.iter().any(|p| p.len() != len) {
+            candle_core::bail!("M-RoPE position rows differ in length")
+        }
+        // The position row each frequency follows.
+        let rows: Vec<&Vec<i64>> = (0..3)
+            .flat_map(|a| std::iter::repeat_n(&positions[a], sections[a]))
+            .collect();
+        let mut angles = Vec::with_capacity(len * half);
+        for l in 0..len {
+            for (row, f) in rows.iter().zip(&self.inv) {
+                angles.push(row[l] as f32 * f);
+            }
+        }
+        let angles = Tensor::from_vec(angles, (len, half), self.inv_freq.device())?;
         Ok((
             angles.cos()?.to_dtype(dtype)?,
             angles.sin()?.to_dtype(dtype)?,
@@ -88,6 +133,41 @@ mod tests {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// M-RoPE tables: text positions (equal rows) give the 1-D tables exactly; distinct rows
+    /// pick the axis by section.
+    #[test]
+    fn mrope_tables_split_frequencies_by_section() -> Result<()> {
+        let dev = Device::Cpu;
+        let rope = RotaryEmbedding::new(16, 1e6, &dev)?;
+        let same = [vec![5i64, 6, 7], vec![5, 6, 7], vec![5, 6, 7]];
+        let (c1, s1) = rope.mrope_tables(&same, &[2, 3, 3], DType::F32)?;
+        let (c0, s0) = rope.tables(5, 3, DType::F32)?;
+        let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
+        };
+        assert_eq!(diff(&c1, &c0)?, 0.0);
+        assert_eq!(diff(&s1, &s0)?, 0.0);
+        let rows = [vec![3i64], vec![10], vec![20]];
+        let (c, _) = rope.mrope_tables(&rows, &[2, 3, 3], DType::F32)?;
+        let c = c.flatten_all()?.to_vec1::<f32>()?;
+        for (i, got) in c.iter().enumerate() {
+            let pos = [3.0f64, 10.0, 20.0][if i < 2 {
+                0
+            } else if i < 5 {
+                1
+            } else {
+                2
+            }];
+            let want = (pos * 1e6f64.powf(-(2.0 * i as f64) / 16.0)).cos();
+            assert!(
+                (*got as f64 - want).abs() < 1e-5,
+                "freq {i}: {got} vs {want}"
+            );
+        }
+        assert!(rope.mrope_tables(&rows, &[2, 3, 2], DType::F32).is_err());
         Ok(())
     }
 

@@ -41,6 +41,7 @@ pub mod image_file;
 pub mod image_processor;
 pub mod imagebind_audio;
 pub mod minigpt4_video;
+pub mod qwen2_vl;
 pub mod resample;
 pub mod resize;
 pub mod sampling;

@@ -399,7 +399,13 @@ pub fn slim_copy(m: &EncodedMedia) -> candle_core::Result<EncodedMedia> {
         .map(|v| -> candle_core::Result<EncodedVisual> {
             Ok(EncodedVisual {
                 pixel_values: empty_like(&v.pixel_values)?,
-                vision_features: empty_like(&v.vision_features)?,
+                // A zero-width `connector_out` (MA-LMM) means the blocks are built at answer
+                // time from `vision_features` (they depend on the question): keep those.
+                vision_features: if v.connector_out.elem_count() == 0 {
+                    v.vision_features.copy()?
+                } else {
+                    empty_like(&v.vision_features)?
+                },
                 connector_out: v.connector_out.copy()?,
                 tower_seconds: 0.0,
                 connector_seconds: 0.0,

@@ -50,6 +50,21 @@ pub trait Family: Send + Sync {
     ) -> Result<(String, Vec<i64>)>;
     /// The media blocks in placeholder order.
     fn media_blocks(&self, media: &EncodedMedia) -> Result<Vec<Tensor>>;
+    /// The media blocks for this conversation: a family whose blocks depend on the question
+    /// (MA-LMM's instruction-aware Q-Former) builds them here from what `encode_visual`
+    /// kept; every other family's blocks are [`Family::media_blocks`].
+    fn media_blocks_for(&self, _turns: &[String], media: &EncodedMedia) -> Result<Vec<Tensor>> {
+        self.media_blocks(media)
+    }
+    /// True when [`Family::media_blocks_for`] depends on the turns: a chat session's cached
+    /// keys/values of the media positions cannot be reused for the next question.
+    fn media_depends_on_turns(&self) -> bool {
+        false
+    }
+    /// The eos ids are banned for this many first new tokens (the reference's `min_length`).
+    fn min_new_tokens(&self, _media: &EncodedMedia) -> usize {
+        0
+    }
     /// How many leading positions of a `prompt_len`-long input the reference drops
     /// before generating (its context cut); 0 keeps everything.
     fn context_start(
@@ -80,6 +95,16 @@ pub trait Family: Send + Sync {
         _media: &EncodedMedia,
     ) -> Result<Vec<i64>> {
         self.dump_input_ids(ids, blocks)
+    }
+    /// M-RoPE positions of the spliced prompt (`ids` with one placeholder per block, the
+    /// blocks, the media); `None` (every family but Qwen2-VL): 1-D positions.
+    fn rope_positions(
+        &self,
+        _ids: &[i64],
+        _blocks: &[Tensor],
+        _media: &EncodedMedia,
+    ) -> Result<Option<crate::generate::MropePositions>> {
+        Ok(None)
     }
 }
 

@@ -32,6 +32,7 @@ pub mod minigpt4_video;
 pub mod model;
 pub mod prompt;
 pub mod quantize;
+pub mod qwen2_vl;
 pub mod reference_noise;
 pub mod safetensors_files;
 pub mod sentencepiece;
@@ -308,14 +309,7 @@ impl Pipeline {
             return Self::load_video_llama(&config, opts, start);
         }
         if let Some(config) = ma_lmm::config_path(dir) {
-            // MA-LMM runs frame by frame with per-video memory banks; it has its own entry
-            // point (`ma_lmm::MaLmm`, `videollama ask`) and is not hosted by `Pipeline` yet.
-            return Err(PipelineError::file(
-                config,
-                "an MA-LMM folder: use `videollama ask --model DIR --video FILE` (or \
-                 `ma_lmm::MaLmm` in the library); chat, caption and the server do not host \
-                 MA-LMM yet",
-            ));
+            return Self::load_ma_lmm(&config, opts, start);
         }
         if let Some(config) = minigpt4_video::config_path(dir) {
             return Self::load_minigpt4_video(&config, opts, start);
@@ -325,6 +319,9 @@ impl Pipeline {
         }
         if let Some(config) = chat_univi::config_path(dir) {
             return Self::load_chat_univi(&config, opts, start);
+        }
+        if let Some(config) = qwen2_vl::config_path(dir) {
+            return Self::load_qwen2_vl(&config, opts, start);
         }
         if !dir.is_dir() {
             return Err(PipelineError::MissingModelDir(dir.to_path_buf()));
@@ -430,6 +427,20 @@ impl Pipeline {
         )
     }
 
+    /// An MA-LMM folder: `model_config.yaml` with `arch: blip2_vicuna_instruct_malmm`.
+    fn load_ma_lmm(config: &Path, opts: &LoadOptions, start: Instant) -> Result<Self> {
+        Self::refuse_llm_gguf(opts, "model_config.yaml")?;
+        reference_noise::warn_unused(opts.reference_noise.as_deref(), "MA-LMM");
+        let loaded = ma_lmm::family::load(config, opts, &opts.video_llama.config_options)?;
+        Self::from_family(
+            config,
+            opts,
+            start,
+            (loaded.model, loaded.tokenizer, loaded.generation_config),
+            Box::new(loaded.parts),
+        )
+    }
+
     /// A Video-ChatGPT folder: the LLaVA-Lightning base + `video_chatgpt-7B.bin`.
     fn load_video_chatgpt(
         layout: &video_chatgpt::Layout,
@@ -461,6 +472,25 @@ impl Pipeline {
         }
         let dir = config.parent().unwrap_or(Path::new("."));
         let loaded = chat_univi::load(dir, opts)?;
+        Self::from_family(
+            config,
+            opts,
+            start,
+            (loaded.model, loaded.tokenizer, loaded.generation_config),
+            Box::new(loaded.parts),
+        )
+    }
+
+    /// A Qwen2-VL folder: `config.json` with `model_type: qwen2_vl`.
+    fn load_qwen2_vl(config: &Path, opts: &LoadOptions, start: Instant) -> Result<Self> {
+        if opts.llm_gguf.is_some() {
+            return Err(PipelineError::Invalid(
+                "--llm: Qwen2-VL's checkpoint holds its own language model".into(),
+            ));
+        }
+        reference_noise::warn_unused(opts.reference_noise.as_deref(), "Qwen2-VL");
+        let dir = config.parent().unwrap_or(Path::new("."));
+        let loaded = qwen2_vl::load(dir, opts)?;
         Self::from_family(
             config,
             opts,
@@ -605,10 +635,11 @@ impl Pipeline {
         }
     }
 
-    /// The media blocks in the order the prompt's placeholders expect them.
-    fn media_blocks(&self, media: &EncodedMedia) -> Result<Vec<Tensor>> {
+    /// The media blocks in the order the prompt's placeholders expect them (for MA-LMM
+    /// they depend on the conversation's question).
+    fn media_blocks(&self, turns: &[String], media: &EncodedMedia) -> Result<Vec<Tensor>> {
         match &self.family {
-            Some(f) => f.media_blocks(media),
+            Some(f) => f.media_blocks_for(turns, media),
             None => Ok(media.block()?.into_iter().collect()),
         }
     }
@@ -702,9 +733,17 @@ impl Pipeline {
         }
         let start = Instant::now();
         let (prompt_text, input_ids) = self.build_prompt_for(turns, media)?;
-        let media_blocks = self.media_blocks(media)?;
+        let media_blocks = self.media_blocks(turns, media)?;
         let mut inputs_embeds = self.model.splice(&input_ids, &media_blocks)?;
         let mut session = session;
+        if self
+            .family
+            .as_ref()
+            .is_some_and(|f| f.media_depends_on_turns())
+        {
+            // The media rows change with the question: nothing cached can be reused.
+            session = None;
+        }
         if let Some(f) = &self.family {
             // The family's context cut (Video-LLaMA's `Chat.answer(max_length=2000)`,
             // MiniGPT4-Video's last 3700 / 7500 positions): the reference warns and drops
@@ -730,6 +769,15 @@ impl Pipeline {
                 // A cut prompt no longer extends the session's cached prefix.
                 session = None;
             }
+        }
+        // M-RoPE ids (Qwen2-VL) are computed over the whole prompt, so such a prompt is
+        // always prefilled in full (no session reuse).
+        let mrope = match &self.family {
+            Some(f) => f.rope_positions(&input_ids, &media_blocks, media)?,
+            None => None,
+        };
+        if mrope.is_some() {
+            session = None;
         }
         let prompt_tokens = inputs_embeds.dim(0)?;
         let visual_tokens = media.visual_tokens();
@@ -770,6 +818,7 @@ impl Pipeline {
                 .map(|f| f.stop_sequences(media))
                 .unwrap_or_default(),
             record_logits: opts.collect_tensors,
+            min_new_tokens: self.family.as_ref().map_or(0, |f| f.min_new_tokens(media)),
         };
         let mut stream = text::StreamDecoder::new(&self.tokenizer);
         let mut stream_error = None;
@@ -791,7 +840,13 @@ impl Pipeline {
             }
         };
         let generation = match session {
-            None => generate::generate(&self.model.llm, &inputs_embeds, &gen_opts, on_token)?,
+            None => generate::generate_mrope(
+                &self.model.llm,
+                &inputs_embeds,
+                &gen_opts,
+                mrope.as_ref(),
+                on_token,
+            )?,
             Some(session) => session.generate(
                 &self.model.llm,
                 &self.model_identity,
@@ -888,6 +943,15 @@ impl Pipeline {
                 "inputs_embeds".to_string(),
                 inputs_embeds.to_dtype(DType::F32)?,
             );
+            if let Some(p) = &mrope {
+                let rows: Vec<i64> = p.prefill.concat();
+                let len = p.prefill[0].len();
+                tensors.insert(
+                    "position_ids".to_string(),
+                    Tensor::from_vec(rows, (3, len), dev)?,
+                );
+                tensors.insert("rope_deltas".to_string(), Tensor::new(&[p.delta], dev)?);
+            }
             let gen_ids: Vec<i64> = generation.token_ids.iter().map(|&i| i as i64).collect();
             tensors.insert(
                 "generated_ids".to_string(),

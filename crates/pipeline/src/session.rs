@@ -243,6 +243,7 @@ mod tests {
             sampling: Default::default(),
             eos_ids: Vec::new(),
             record_logits: true,
+            min_new_tokens: 0,
         };
         let llm = &p.model.llm;
         let mut st = SessionState::default();

@@ -272,6 +272,7 @@ fn gguf_model_file_is_a_text_pipeline() {
             sampling: videollama_llm::SamplingParams::greedy(),
             eos_ids: p.eos_ids(),
             record_logits: false,
+            min_new_tokens: 0,
         },
         |_| true,
     )

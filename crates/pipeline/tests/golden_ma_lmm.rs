@@ -244,8 +244,17 @@ fn bicubic_resize_from_decoded_frames() {
         .unwrap()
         .to_vec1()
         .unwrap();
-    let differ = ours.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
-    assert_eq!(differ, 0, "{differ} of {} resized values differ in their bits", want.len());
+    let differ = ours
+        .iter()
+        .zip(&want)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    assert_eq!(
+        differ,
+        0,
+        "{differ} of {} resized values differ in their bits",
+        want.len()
+    );
 }
 
 #[test]
@@ -335,4 +344,253 @@ fn other_bank_lengths_and_frame_counts_stream() {
     let bad = Tensor::zeros((3, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
     assert!(model.push_frame(&mut s2, &bad).is_err());
     assert!(model.finish(&mut s2).is_err());
+}
+
+fn heads_option() -> String {
+    let heads = load_json(&format!("{FIXTURE}/fixture.json"))["vision"]["heads"]
+        .as_u64()
+        .unwrap();
+    format!("model.vit_num_heads={heads}")
+}
+
+fn pipeline_options() -> LoadOptions {
+    LoadOptions {
+        video_llama: videollama_pipeline::video_llama::VideoLlamaOptions {
+            config_options: vec![heads_option()],
+            ..Default::default()
+        },
+        ..LoadOptions::default()
+    }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+/// `Pipeline::load` hosts MA-LMM (`ma_lmm/family.rs`): from the fixture's video file,
+/// `prepare_media` + `encode_media` + `answer` give the fixture's sampled frames, prompt,
+/// `input_ids`, `generated_ids` and text exactly, and the same `inputs_embeds` (bit for bit)
+/// and ids as the dedicated `MaLmm::answer_video` path; the stage tensors under the fixture's
+/// names are within `assert_close`. An encoder-cache hit (which keeps only the question-free
+/// frame entries) answers the same, and the LLM weights are shared with the family, not
+/// copied.
+#[test]
+fn pipeline_hosts_ma_lmm_like_answer_video() {
+    use videollama_pipeline::media::MediaRequest;
+    use videollama_pipeline::{AnswerOptions, Pipeline};
+    let case = case_json(FIXTURE, "video");
+    let want = tensors("expected");
+    let p = Pipeline::load(
+        &golden(&format!("{FIXTURE}/checkpoint")),
+        &pipeline_options(),
+    )
+    .unwrap();
+    assert!(p.has_vision() && !p.has_audio());
+    let video = golden(&format!(
+        "{FIXTURE}/{}",
+        case["input_file"].as_str().unwrap()
+    ));
+    let req = MediaRequest {
+        video: Some(video.clone()),
+        ..Default::default()
+    };
+    let (input, report) = p.prepare_media(&req).unwrap();
+    let indices: Vec<usize> = case["sampled_frame_indices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!(report.frame_indices, indices, "sampled frames");
+    let media = p.encode_media(&input).unwrap();
+    assert_eq!(
+        media.visual_tokens(),
+        want["qformer_out"].dim(0).unwrap(),
+        "visual_tokens = the Q-Former's queries"
+    );
+    let question = case["question"].as_str().unwrap();
+    let n = case["generated_token_count"].as_u64().unwrap() as usize;
+    let opts = AnswerOptions {
+        max_new_tokens: n,
+        collect_tensors: true,
+        ..AnswerOptions::default()
+    };
+    let a = p
+        .answer(&[question.to_string()], &media, &opts, |_| true)
+        .unwrap();
+    let want_ids: Vec<i64> = want["generated_ids"].to_vec1().unwrap();
+    let got_ids: Vec<i64> = a.token_ids.iter().map(|&i| i as i64).collect();
+    assert_eq!(got_ids, want_ids, "generated_ids");
+    assert_eq!(a.answer, case["generated_text"].as_str().unwrap(), "text");
+    assert_eq!(a.prompt, case["prompt"].as_str().unwrap(), "prompt");
+    assert_eq!(a.prompt_tokens, want["inputs_embeds"].dim(0).unwrap());
+    let dumped: Vec<i64> = a.tensors["input_ids"].to_vec1().unwrap();
+    assert_eq!(
+        dumped,
+        want["input_ids"].to_vec1::<i64>().unwrap(),
+        "input_ids"
+    );
+    for name in [
+        "pixel_values",
+        "vision_features",
+        "inputs_embeds",
+        "logits_last",
+        "logits_steps",
+    ] {
+        assert_close(name, &a.tensors[name], &want[name]);
+    }
+
+    // The dedicated path, from the same file: identical.
+    let r = load()
+        .answer_video(&video, question, n, false, false)
+        .unwrap();
+    assert_eq!(r.generation.ids, a.token_ids, "ids vs MaLmm::answer_video");
+    assert_eq!(r.answer, a.answer);
+    let d = max_abs_diff(&r.generation.inputs_embeds, &a.tensors["inputs_embeds"]);
+    eprintln!("inputs_embeds: Pipeline vs MaLmm::answer_video max abs diff {d:e}");
+    assert_eq!(d, 0.0, "inputs_embeds must be bit-identical");
+
+    // Through the encoder cache: the hit keeps the frame entries and answers the same.
+    let key = p.media_key(&req, &[]);
+    assert!(key.is_some());
+    let _ = p.encode_cached(key, || p.prepare_media(&req)).unwrap();
+    let (hit, _, status) = p.encode_cached(key, || p.prepare_media(&req)).unwrap();
+    assert_eq!(status, videollama_pipeline::CacheStatus::Hit);
+    let b = p
+        .answer(
+            &[question.to_string()],
+            &hit,
+            &AnswerOptions {
+                max_new_tokens: n,
+                ..AnswerOptions::default()
+            },
+            |_| true,
+        )
+        .unwrap();
+    assert_eq!(b.token_ids, a.token_ids, "encoder-cache hit");
+
+    // One copy of the LLM weights: the pipeline's decoder shares the family's tensors.
+    let loaded = videollama_pipeline::ma_lmm::family::load(
+        &golden(&format!("{FIXTURE}/checkpoint/model_config.yaml")),
+        &LoadOptions::default(),
+        &[heads_option()],
+    )
+    .unwrap();
+    let ours = loaded.model.llm.linears();
+    let theirs = loaded.parts.model.llm.linears();
+    assert_eq!(ours.len(), theirs.len());
+    for ((name, a), (_, b)) in ours.iter().zip(&theirs) {
+        assert_eq!(
+            a.weight().unwrap().id(),
+            b.weight().unwrap().id(),
+            "{name}: not shared"
+        );
+    }
+}
+
+/// MA-LMM has no multi-turn template: each answer comes from the last question alone, and a
+/// chat session does not reuse the media rows computed for an earlier question (they depend
+/// on it). An image is refused.
+#[test]
+fn pipeline_ma_lmm_chat_uses_the_last_question() {
+    use videollama_pipeline::media::MediaRequest;
+    use videollama_pipeline::{AnswerOptions, ChatSession, Pipeline};
+    let case = case_json(FIXTURE, "video");
+    let p = Pipeline::load(
+        &golden(&format!("{FIXTURE}/checkpoint")),
+        &pipeline_options(),
+    )
+    .unwrap();
+    let want = tensors("expected");
+    let media = std::sync::Arc::new(
+        p.encode_media(&videollama_pipeline::MediaInput::video(
+            want["pixel_values"]
+                .permute((1, 0, 2, 3))
+                .unwrap()
+                .contiguous()
+                .unwrap(),
+        ))
+        .unwrap(),
+    );
+    let opts = AnswerOptions {
+        max_new_tokens: 4,
+        ..AnswerOptions::default()
+    };
+    let q1 = case["question"].as_str().unwrap().to_string();
+    let q2 = "Which way does the box move?".to_string();
+    let mut session = ChatSession::new(media.clone());
+    let a1 = p
+        .answer_in_session(&mut session, std::slice::from_ref(&q1), &opts, |_| true)
+        .unwrap();
+    let turns = vec![q1, a1.answer.clone(), q2.clone()];
+    let a2 = p
+        .answer_in_session(&mut session, &turns, &opts, |_| true)
+        .unwrap();
+    let fresh = p.answer(&[q2], &media, &opts, |_| true).unwrap();
+    assert_eq!(a2.token_ids, fresh.token_ids);
+    assert_eq!(a2.reused_prompt_tokens, 0);
+    assert_eq!(a2.prompt, fresh.prompt);
+
+    let image = golden("chat-univi-tiny/inputs/image.png");
+    let err = p
+        .prepare_media(&MediaRequest {
+            image: Some(image),
+            ..Default::default()
+        })
+        .expect_err("an image is refused");
+    assert!(err.to_string().contains("videos only"), "{err}");
+}
+
+/// `GenerateOptions::min_new_tokens` (MA-LMM's `min_length` 1): with the first greedy id made
+/// an eos id, 0 stops at once on it; 1 bans it at the first step only, giving the runner-up
+/// of the raw logits (and the raw logits are still what is recorded).
+#[test]
+fn min_new_tokens_bans_eos_at_the_first_steps_only() {
+    use videollama_pipeline::generate::{generate, GenerateOptions};
+    use videollama_pipeline::Pipeline;
+    let p = Pipeline::load(
+        &golden(&format!("{FIXTURE}/checkpoint")),
+        &pipeline_options(),
+    )
+    .unwrap();
+    let want = tensors("expected");
+    let embeds = &want["inputs_embeds"];
+    let first: Vec<f32> = want["logits_last"].to_vec1().unwrap();
+    let mut order: Vec<usize> = (0..first.len()).collect();
+    order.sort_by(|&a, &b| first[b].total_cmp(&first[a]));
+    let (top, second) = (order[0] as u32, order[1] as u32);
+    let run = |min_new_tokens| {
+        generate(
+            &p.model.llm,
+            embeds,
+            &GenerateOptions {
+                max_new_tokens: 3,
+                sampling: videollama_llm::SamplingParams::greedy(),
+                eos_ids: vec![top],
+                stop_sequences: Vec::new(),
+                record_logits: true,
+                min_new_tokens,
+            },
+            |_| true,
+        )
+        .unwrap()
+    };
+    assert_eq!(run(0).token_ids, vec![top]);
+    let g = run(1);
+    assert_eq!(g.token_ids[0], second);
+    assert_close(
+        "logits_last (raw)",
+        &g.logits_steps.unwrap().get(0).unwrap(),
+        &want["logits_last"],
+    );
 }

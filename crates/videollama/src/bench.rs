@@ -448,6 +448,7 @@ pub fn bench_synthetic(
                 sampling: Default::default(),
                 eos_ids: Vec::new(),
                 record_logits: false,
+                min_new_tokens: 0,
             },
             |_| true,
         )?;

@@ -92,6 +92,9 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         repeat: usize,
     },
+    /// MA-LMM-shaped streaming: resident memory and time per frame after 100, 1 000, 10 000
+    /// frames through the memory banks and the memory-bank Q-Former (flat, however long).
+    BenchStream(crate::bench_stream::BenchStreamArgs),
     /// Time a whole request stage by stage (preprocess, vision tower, connector, prefill,
     /// decode tokens/s) and the peak memory; `--json` for scripts (scripts/perf/compare.sh).
     Bench(BenchArgs),
@@ -176,14 +179,14 @@ pub(crate) enum DtypeArg {
 }
 
 #[derive(Args)]
-struct ModelArgs {
+pub(crate) struct ModelArgs {
     /// Hugging Face checkpoint folder (config.json, safetensors, tokenizer.json), a folder
     /// written by `videollama quantize`, or a GGUF language model file (text only).
     /// Default: the default model built into this binary, when it was built with
     /// assets/default-model/ filled in (SmolLM2-135M + a small vision tower + Whisper-tiny
     /// audio, trained on the demo world; not shipped yet — see docs/default-model.md).
     #[arg(long)]
-    model: Option<PathBuf>,
+    pub(crate) model: Option<PathBuf>,
     #[command(flatten)]
     weights: WeightArgs,
     /// Memory for encoded media kept for reuse (by file content, sampling and model)
@@ -540,6 +543,7 @@ pub fn run() -> Result<()> {
             language,
         } => transcribe(&file, whisper.as_deref(), language),
         Command::Quantize(args) => crate::quantize::run(&args),
+        Command::BenchStream(args) => crate::bench_stream::bench_stream(&args),
         Command::BenchMedia {
             video,
             frames,
@@ -605,6 +609,12 @@ pub fn run() -> Result<()> {
                 .filter(|d| videollama_pipeline::chat_univi::config_path(d).is_some())
             {
                 return inspect_chat_univi(dir, &video_llama.config_options, json);
+            }
+            if let Some(dir) = model
+                .as_deref()
+                .filter(|d| videollama_pipeline::qwen2_vl::config_path(d).is_some())
+            {
+                return inspect_qwen2_vl(dir, json);
             }
             let config = match (model, config) {
                 (Some(dir), _) => dir.join("config.json"),
@@ -700,7 +710,7 @@ impl WeightArgs {
     }
 }
 
-fn load(model: &ModelArgs) -> Result<Pipeline> {
+pub(crate) fn load(model: &ModelArgs) -> Result<Pipeline> {
     model.weights.apply_threads();
     let mut opts = model.weights.load_options()?;
     opts.video_llama = model.video_llama.options()?;
@@ -1278,6 +1288,45 @@ fn inspect_chat_univi(dir: &Path, options: &[String], as_json: bool) -> Result<(
         r.max_frames,
         r.events_at_max_frames,
         r.tokens.video.unwrap_or(0)
+    );
+    Ok(())
+}
+
+fn inspect_qwen2_vl(dir: &Path, as_json: bool) -> Result<()> {
+    let r = videollama_pipeline::qwen2_vl::inspect::inspect(dir)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    let b = |n: u64| format!("{:.4} B ({n})", n as f64 / 1e9);
+    println!("model           Qwen2-VL");
+    println!(
+        "language model  {:?}: {} layers, hidden {}, {} heads / {} kv heads, MLP {}, vocab {}, \
+         M-RoPE {:?}",
+        r.llm.family,
+        r.llm.layers,
+        r.llm.hidden_size,
+        r.llm.attention_heads,
+        r.llm.kv_heads,
+        r.llm.intermediate_size,
+        r.llm.vocab_size,
+        r.mrope_section
+    );
+    println!("vision          {}", r.vision);
+    println!(
+        "processor       min_pixels {}, max_pixels {}",
+        r.min_pixels, r.max_pixels
+    );
+    let p = &r.parameters;
+    println!(
+        "parameters      total {} (llm {}, vision {})",
+        b(p.total),
+        b(p.llm),
+        b(p.vision)
+    );
+    println!(
+        "tokens          224×224 image {}, 8 frames at 224×224 {}",
+        r.tokens_image_224, r.tokens_8_frames_224
     );
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! message naming the file and the cause, with exit status 1.
 
 mod bench;
+mod bench_stream;
 mod cli;
 mod default_model;
 mod demo_eval;

@@ -137,13 +137,11 @@ fn dump_tensors_have_the_fixture_names_and_streaming_changes_nothing() {
     }
 }
 
-/// The float stages of a run from the media file against the fixture. Blocked on the
-/// pre-processing: our bicubic resize puts 205 of 75,264 values on the other side of an
-/// integer before the uint8 cast (1/255 steps in `pixel_values`, see golden_ma_lmm.rs), which
-/// moves `logits_last` by 5.9e-4 (tolerance 3.7e-4). The same stages from the stored
-/// `pixel_values` are checked in golden_ma_lmm.rs and pass.
+/// The float stages of a run from the media file against the fixture. The query-bank counts
+/// are compared as golden_ma_lmm.rs compares them: exact on the query rows and in their
+/// column sums; on the instruction-text rows adjacent entries are equal up to rounding
+/// (cosine similarity 1 ± 1e-7), so which pair merges there is rounding noise.
 #[test]
-#[ignore = "pixel_values from the media file are not bit-exact yet (bicubic resize + uint8 wrap)"]
 fn dump_tensors_match_the_fixture_from_the_media_file() {
     let dir = tempfile::tempdir().unwrap();
     let plain = dir.path().join("plain.safetensors");
@@ -152,7 +150,22 @@ fn dump_tensors_match_the_fixture_from_the_media_file() {
     let want = load_tensors(&format!("{FIXTURE}/video/expected.safetensors"));
     let mut names: Vec<&String> = want.keys().collect();
     names.sort();
+    let q = want["qformer_out"].dim(0).unwrap();
     for name in names {
+        if name.starts_with("query_memory_bank_sizes.") {
+            let (g, w) = (&got[name], &want[name]);
+            assert_close(
+                &format!("{name} (query rows)"),
+                &g.narrow(1, 0, q).unwrap(),
+                &w.narrow(1, 0, q).unwrap(),
+            );
+            assert_close(
+                &format!("{name} (column sums)"),
+                &g.sum(0).unwrap(),
+                &w.sum(0).unwrap(),
+            );
+            continue;
+        }
         assert_close(name, &got[name], &want[name]);
     }
 }
@@ -195,4 +208,79 @@ fn errors_are_reported_not_panicked() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("vit_num_heads"), "{err}");
+}
+
+/// The common model/media/generation arguments of a run on the fixture's video.
+fn run_args(command: &str) -> Vec<String> {
+    let meta = case_json(FIXTURE, "video");
+    vec![
+        command.into(),
+        "--model".into(),
+        path("checkpoint"),
+        "--options".into(),
+        heads_option(),
+        "--max-new-tokens".into(),
+        meta["generated_token_count"].to_string(),
+        "--video".into(),
+        path(meta["input_file"].as_str().unwrap()),
+    ]
+}
+
+/// `caption` on an MA-LMM folder prints what `ask` prints for the same instruction: the
+/// fixture's text for its question (`--prompt`), and the default captioning instruction.
+#[test]
+fn caption_prints_what_ask_prints() {
+    let meta = case_json(FIXTURE, "video");
+    let question = meta["question"].as_str().unwrap();
+    let mut args = run_args("caption");
+    args.extend(["--prompt".into(), question.into()]);
+    let text = ok(&videollama(&args));
+    assert_eq!(text.trim_end(), meta["generated_text"].as_str().unwrap());
+    let default = videollama_pipeline::prompt::caption_prompt(videollama_pipeline::Modality::Video);
+    let caption = ok(&videollama(&run_args("caption")));
+    let asked = ok(&ask_question(default));
+    assert_eq!(caption, asked, "caption vs ask {default:?}");
+}
+
+fn ask_question(question: &str) -> Output {
+    let mut args = run_args("ask");
+    args.push(question.into());
+    videollama(&args)
+}
+
+/// `chat` hosts MA-LMM through `Pipeline` (`ma_lmm/family.rs`): the first answer is the
+/// fixture's (= `ask`'s) text; a follow-up question is answered as `ask` answers it alone
+/// (MA-LMM has no multi-turn template: the last question drives the Q-Former and the prompt).
+#[test]
+fn chat_answers_like_ask() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let meta = case_json(FIXTURE, "video");
+    let q1 = meta["question"].as_str().unwrap();
+    let q2 = "Where is the red box at the end?";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_videollama"))
+        .args(run_args("chat"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run videollama chat");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{q1}\n{q2}\n/exit\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = ok(&out);
+    // "> answer1\n> answer2\n> "
+    let answers: Vec<&str> = text
+        .split("> ")
+        .map(|s| s.trim_end_matches('\n'))
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(answers.len(), 2, "{text:?}");
+    assert_eq!(answers[0], meta["generated_text"].as_str().unwrap());
+    let alone = ok(&ask_question(q2));
+    assert_eq!(answers[1], alone.trim_end_matches('\n'), "{text:?}");
 }

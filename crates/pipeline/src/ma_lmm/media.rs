@@ -18,9 +18,21 @@ pub const MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 #[allow(clippy::excessive_precision)]
 pub const STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
-/// The demo's `load_video` sampling: `duration = n / fps`,
+/// The demo's `load_video` sampling of the whole video: `duration = n / fps`,
 /// `rint(linspace(round(0·fps), round(duration·fps) − 1, T))` (round half to even).
 pub fn sample_indices(num_video_frames: usize, avg_fps: f64, t: usize) -> Result<Vec<usize>> {
+    sample_indices_between(num_video_frames, avg_fps, None, None, t)
+}
+
+/// `load_video(vr, start_time, end_time, fps, T)`: `rint(linspace(round(start·fps),
+/// round(end·fps) − 1, T))`; `None` bounds are the demo's `0` and `n / fps`.
+pub fn sample_indices_between(
+    num_video_frames: usize,
+    avg_fps: f64,
+    start_s: Option<f64>,
+    end_s: Option<f64>,
+    t: usize,
+) -> Result<Vec<usize>> {
     if num_video_frames == 0 || t == 0 {
         return Err(PipelineError::Invalid(format!(
             "cannot sample {t} frames from a {num_video_frames}-frame video"
@@ -32,8 +44,14 @@ pub fn sample_indices(num_video_frames: usize, avg_fps: f64, t: usize) -> Result
         1.0
     };
     let duration = num_video_frames as f64 / fps;
-    let start = (0.0 * fps).round_ties_even();
-    let stop = (duration * fps).round_ties_even() - 1.0;
+    let (from, to) = (start_s.unwrap_or(0.0), end_s.unwrap_or(duration));
+    let start = (from * fps).round_ties_even();
+    let stop = (to * fps).round_ties_even() - 1.0;
+    if !(start.is_finite() && stop.is_finite()) || start < 0.0 || stop < start {
+        return Err(PipelineError::Invalid(format!(
+            "the clip {from} s – {to} s holds no frame of this {duration:.3} s video"
+        )));
+    }
     let mut out = Vec::with_capacity(t);
     for i in 0..t {
         // numpy linspace: start + i·step, the last exactly `stop`.
@@ -160,5 +178,10 @@ mod tests {
         assert_eq!(to_uint8_wrapping(256.3), 0);
         assert_eq!(to_uint8_wrapping(300.0), 44);
         assert_eq!(to_uint8_wrapping(12.9), 12);
+        assert_eq!(
+            sample_indices_between(36, 10.0, Some(1.0), Some(2.0), 3).unwrap(),
+            vec![10, 14, 19]
+        );
+        assert!(sample_indices_between(36, 10.0, Some(3.0), Some(1.0), 3).is_err());
     }
 }

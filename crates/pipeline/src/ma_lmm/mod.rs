@@ -18,8 +18,13 @@
 //! compression is deferred to the start of the next frame, which is the same computation and
 //! lets frames stream in without knowing T. Memory is bounded by L + 1 bank entries per bank;
 //! the only cap on the length is `image_pe` (`max_num_frames` rows, 120 as published).
+//!
+//! A frame is two halves: [`MaLmm::frame_entry`] (question-free: ViT, `ln_vision`,
+//! `image_pe`) and [`MaLmm::push_entry`] (banks + Q-Former with the instruction);
+//! [`MaLmm::push_frame`] runs both. `family.rs` hosts MA-LMM in `Pipeline` with that split.
 
 pub mod config;
+pub mod family;
 pub mod inspect;
 pub mod media;
 
@@ -489,6 +494,13 @@ impl MaLmm {
 
     /// One frame `[3, S, S]` (normalised pixels) through ViT, the banks and the Q-Former.
     pub fn push_frame(&self, stream: &mut VideoStream, pixels: &Tensor) -> Result<()> {
+        let (features, entry) = self.frame_entry(stream.frames, pixels)?;
+        self.push_entry(stream, features, &entry)
+    }
+
+    /// The question-free half of a frame: `x_t [3, S, S]` → EVA ViT → `ln_vision`
+    /// (`features [N, W]`), and the bank entry `features + image_pe[t]` (`[N, W]`).
+    pub fn frame_entry(&self, t: usize, pixels: &Tensor) -> Result<(Tensor, Tensor)> {
         let s = self.image_size();
         if pixels.dims() != [3, s, s] {
             return Err(PipelineError::Invalid(format!(
@@ -496,7 +508,6 @@ impl MaLmm {
                 pixels.dims()
             )));
         }
-        let t = stream.frames;
         if t >= self.max_frames() {
             return Err(PipelineError::Invalid(format!(
                 "frame {} is past image_pe's {} rows (max_num_frames): MA-LMM cannot take more \
@@ -513,12 +524,25 @@ impl MaLmm {
         let features = self.ln_vision.forward(&raw)?.squeeze(0)?; // [N, W]
         let pe = self.image_pe.narrow(0, t, 1)?.to_dtype(features.dtype())?;
         let entry = features.broadcast_add(&pe)?;
+        Ok((features, entry))
+    }
+
+    /// The question-dependent half of a frame: the entry `[N, W]` of frame
+    /// `stream.frames_seen()` (from [`Self::frame_entry`]) into the visual bank, then the
+    /// Q-Former over the bank with the stream's instruction and query banks. `features` is
+    /// only kept for the record.
+    pub fn push_entry(
+        &self,
+        stream: &mut VideoStream,
+        features: Tensor,
+        entry: &Tensor,
+    ) -> Result<()> {
         // Deferred compression of the previous frame (the reference compresses after every
         // frame but the last, i.e. exactly when another frame follows).
         if stream.visual.len() > self.config.model.memory_bank_length {
             stream.visual.compress()?;
         }
-        stream.visual.push(&entry)?;
+        stream.visual.push(entry)?;
         let bank = stream
             .visual
             .entries()
