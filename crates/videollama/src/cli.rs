@@ -126,6 +126,10 @@ enum Command {
         #[command(flatten)]
         args: crate::demo_eval::EvalDemoArgs,
     },
+    /// Score a model on a benchmark in its published format (MVBench, EgoSchema, Perception
+    /// Test, Video-MME, ActivityNet/MSVD/MSRVTT-QA, AVQA, Clotho-AQA); resumable, shardable
+    /// (`--shard i/n`); `eval merge OUT_1 … --out DIR` combines shards. docs/evaluation.md.
+    Eval(crate::eval::EvalCommand),
     /// Assemble a new, untrained VideoLLaMA2-layout model (vision tower from
     /// `train-vision-tower`, Whisper encoder as audio tower, a GGUF language model, fresh
     /// connector and audio projector) for `videollama train`.
@@ -525,6 +529,7 @@ pub fn run() -> Result<()> {
         }
         Command::Bench(args) => bench(&args),
         Command::EvalDemo { model, args } => crate::demo_eval::run(&load(&model)?, &args),
+        Command::Eval(cmd) => crate::eval::run(cmd),
         Command::InitModel(args) => crate::init_model::run(&args),
         Command::TrainVisionTower(args) => crate::train_tower::run(&args),
         Command::Train(args) => train(&args),

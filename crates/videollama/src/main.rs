@@ -8,6 +8,7 @@ mod bench_stream;
 mod cli;
 mod default_model;
 mod demo_eval;
+mod eval;
 mod init_model;
 mod memory;
 mod quantize;
