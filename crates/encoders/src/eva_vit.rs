@@ -197,6 +197,22 @@ impl EvaVitConfig {
     }
 
     /// Patches per side, `image_size / patch_size` (16).
+    /// This config at another input size (`create_eva_vit_g(img_size=…)`): the weights'
+    /// position table is then interpolated at load ([`EvaVit::new`], LAVIS
+    /// `interpolate_pos_embed`). The size must be a whole number of patches.
+    pub fn at_image_size(&self, image_size: usize) -> Result<Self> {
+        if image_size == 0 || image_size % self.patch_size.max(1) != 0 {
+            bail!(
+                "EVA ViT: image_size {image_size} is not a multiple of the patch size {}",
+                self.patch_size
+            );
+        }
+        Ok(Self {
+            image_size,
+            ..self.clone()
+        })
+    }
+
     pub fn grid_size(&self) -> usize {
         self.image_size / self.patch_size.max(1)
     }
@@ -337,6 +353,44 @@ impl LnVision {
 }
 
 /// The EVA ViT (`visual_encoder`), first `cfg.depth` blocks.
+/// `pos_embed [1, 1+g², W]` for the config's grid g. A table stored for another grid g0 is
+/// resized as LAVIS `interpolate_pos_embed` does when the model is built for another image size:
+/// CLS row kept, the g0×g0 rows bicubic-interpolated per channel to g×g (torch's
+/// `F.interpolate`, align_corners=False, in f32, bit for bit).
+fn load_pos_embed(cfg: &EvaVitConfig, vb: &VarBuilder) -> Result<Tensor> {
+    let w = cfg.width;
+    let stored = vb.get_unchecked("pos_embed")?;
+    let rows = match stored.dims() {
+        &[1, n, c] if c == w => n,
+        d => bail!("EVA ViT: pos_embed has shape {d:?}, expected [1, g·g + 1, {w}]"),
+    };
+    if rows == cfg.num_tokens() {
+        return stored.to_dtype(vb.dtype());
+    }
+    let g0 = (rows.saturating_sub(1) as f64).sqrt().round() as usize;
+    if g0 == 0 || g0 * g0 + 1 != rows {
+        bail!("EVA ViT: pos_embed has {rows} rows, not a square patch grid plus CLS");
+    }
+    let g = cfg.grid_size();
+    tracing::info!("EVA ViT: position interpolate from {g0}x{g0} to {g}x{g}");
+    let table: Vec<f32> = stored
+        .to_dtype(DType::F32)?
+        .to_device(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1()?;
+    // [1+g0², W] row-major → per channel a g0×g0 plane → g×g.
+    let mut out = vec![0f32; (1 + g * g) * w];
+    out[..w].copy_from_slice(&table[..w]);
+    for c in 0..w {
+        let plane: Vec<f32> = (0..g0 * g0).map(|i| table[(1 + i) * w + c]).collect();
+        let resized = videollama_nn::torch_resize::bicubic_plane(&plane, g0, g0, g, g);
+        for (i, v) in resized.into_iter().enumerate() {
+            out[(1 + i) * w + c] = v;
+        }
+    }
+    Tensor::from_vec(out, (1, 1 + g * g, w), vb.device())?.to_dtype(vb.dtype())
+}
+
 #[derive(Debug, Clone)]
 pub struct EvaVit {
     /// `[1, 1, W]`.
@@ -363,7 +417,7 @@ impl EvaVit {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             cls_token: vb.get((1, 1, w), "cls_token")?,
-            pos_embed: vb.get((1, cfg.num_tokens(), w), "pos_embed")?,
+            pos_embed: load_pos_embed(cfg, &vb)?,
             patch_weight: proj.get((w, IN_CHANNELS, p, p), "weight")?,
             patch_bias: proj.get(w, "bias")?,
             blocks,
@@ -458,6 +512,88 @@ mod tests {
         let m = shapes(0);
         assert!(EvaVitConfig::from_shapes(|k| m.get(k).cloned(), 2, None).is_err());
     }
+
+    /// `create_eva_vit_g(img_size)` with a table stored for another grid: LAVIS
+    /// `interpolate_pos_embed` on a [1, 1+4·4, 3] table to a 7×7 grid, against torch 2.5.1 run on
+    /// the same exact values (`F.interpolate(..., "bicubic", align_corners=False)`; CLS row kept):
+    /// every value bit-identical. The stored size itself loads unchanged.
+    #[test]
+    fn position_table_is_interpolated_like_lavis() {
+        let (g0, w) = (4usize, 3usize);
+        let table: Vec<f32> = (0..1 + g0 * g0)
+            .flat_map(|i| (0..w).map(move |c| ((i * 7 + c * 3) % 11) as f32 / 8.0 - 0.5))
+            .collect();
+        let stored = Tensor::from_vec(table.clone(), (1, 1 + g0 * g0, w), &Device::Cpu).unwrap();
+        let vb = VarBuilder::from_tensors(
+            HashMap::from([("pos_embed".to_string(), stored)]),
+            DType::F32,
+            &Device::Cpu,
+        );
+        let base = EvaVitConfig {
+            width: w,
+            patch_size: 2,
+            image_size: 2 * g0,
+            num_heads: 1,
+            ..EvaVitConfig::vit_g()
+        };
+        let same: Vec<f32> = load_pos_embed(&base, &vb)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(same, table);
+        let at7 = base.at_image_size(14).unwrap();
+        let got: Vec<f32> = load_pos_embed(&at7, &vb)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let want: Vec<f32> = TORCH_4X4_TO_7X7
+            .iter()
+            .map(|&b| f32::from_bits(b))
+            .collect();
+        assert_eq!(got.len(), want.len());
+        for (i, (g, t)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(
+                g.to_bits(),
+                t.to_bits(),
+                "row {} channel {}: {g} vs torch {t}",
+                i / w,
+                i % w
+            );
+        }
+        assert!(
+            base.at_image_size(15).is_err(),
+            "not a whole number of patches"
+        );
+    }
+
+    const TORCH_4X4_TO_7X7: [u32; 150] = [
+        0xbf000000, 0xbe000000, 0x3e800000, 0x3f000a0f, 0x3f5c9301, 0xbed97a5c, 0x3e21be77,
+        0x3f2e4769, 0x3d50c841, 0xbe56c060, 0x3ebd72af, 0x3f26f8fa, 0x3e9646e1, 0xbe17724b,
+        0x3f176c40, 0x3f5482dc, 0xbe97856e, 0x3e028f78, 0x3f0b69b8, 0x3e9b41c3, 0xbe86cfd2,
+        0x3e86598a, 0x3f49906a, 0xbf0336da, 0x3de29a0f, 0x3f222b0f, 0x3c457f07, 0x3ddf3c4b,
+        0x3ebefccd, 0x3e3cdc55, 0x3e16b683, 0x3cb37471, 0x3ebdbddb, 0x3edd30a2, 0xbd8a4ce4,
+        0x3e10808b, 0x3f0f90af, 0x3d84d7cc, 0xbe1dd8b1, 0x3e5c41ab, 0x3e84db33, 0xbe04f567,
+        0xbd896461, 0x3ecbb335, 0xbd9b1d69, 0xbeab1b83, 0x3e7b6eb9, 0x3f08b84d, 0x3d8f6296,
+        0xbd625aa9, 0x3eb3f7d9, 0x3f14cb0c, 0xbec34196, 0x3d54cc3d, 0x3f08a2c2, 0x3d475169,
+        0xbebff935, 0x3e0d3c65, 0x3efef158, 0xbef2109e, 0xbe54c48f, 0x3e607638, 0x3d1877db,
+        0xbedc0df0, 0xbd4076d9, 0x3ee47d4e, 0x3dd9e6b4, 0xbeb212b5, 0x3e2cf34d, 0x3e690708,
+        0xbe616824, 0x3e907471, 0x3ea9618b, 0xbcdb40f0, 0x3ec6551b, 0xbc6600b2, 0x3dd8c003,
+        0x3e000005, 0xbea79ad6, 0x3e53dabc, 0xbe0caa28, 0xbe16015e, 0x3ea53141, 0xbd03a366,
+        0x3d0095c3, 0x3ec9865c, 0x3da61956, 0x3f0c0769, 0xbf123e9e, 0xbe48fa73, 0x3eba9619,
+        0xbe27124f, 0x3e59e222, 0x3d84df47, 0x3eb1b4db, 0x3f390853, 0xbeb95aed, 0x3e069e3d,
+        0x3f1ffc95, 0xbeeb725c, 0xbdac5a2d, 0x3e4accd3, 0x3d4d69a7, 0x3eda2769, 0xbdcfdf3e,
+        0x3eeb1b83, 0x3f558dc4, 0xbe917092, 0x3dd13328, 0xbd49c500, 0x3ea6c75e, 0x3e8c8eff,
+        0xbd3b33dd, 0x3ec27ab9, 0x3eebdeb3, 0xbc107e97, 0x3eceec50, 0x3e6cc240, 0x3e2e20d7,
+        0x3ddefec5, 0xbd832def, 0x3eb2a4cf, 0xbdf6f765, 0xbd22ceeb, 0x3ec5874d, 0x3d86476d,
+        0x3c6b2eee, 0x3ec75976, 0x3e73a81b, 0xbe9320d4, 0x3ec66db7, 0x3f4336dc, 0x3e40e52e,
+        0x3d39c65b, 0x3f0367ee, 0x3f4a25c5, 0xbea506a6, 0x3dfae0d5, 0x3f3a990c, 0x3e465998,
+        0xbeaed88a, 0x3e87a153, 0x3f35b01a, 0xbecdf1ed, 0xbe00ec89, 0x3eaf20bc, 0x3e4bcdf7,
+        0xbec0142b, 0xb9215db5, 0x3f2cbd36,
+    ];
 
     #[test]
     fn vit_g_numbers() {

@@ -39,6 +39,7 @@ pub mod linear;
 pub mod lora;
 pub mod norm;
 pub mod quant;
+pub mod torch_resize;
 
 pub use activation::Activation;
 pub use autograd::autograd_scope;

@@ -346,6 +346,41 @@ fn other_bank_lengths_and_frame_counts_stream() {
     assert!(model.finish(&mut s2).is_err());
 }
 
+/// Another resolution: `model.image_size=84` over weights whose position table is 4×4 (56 px).
+/// The table is interpolated to 6×6 at load (LAVIS `interpolate_pos_embed`; bit-exactness of
+/// that step is tested in `eva_vit.rs`), the video is resized to 84×84, every frame yields 37
+/// tokens, and the model answers from the media file.
+#[test]
+fn another_image_size_interpolates_the_position_table() {
+    let model = MaLmm::load(
+        &golden(&format!("{FIXTURE}/checkpoint/model_config.yaml")),
+        &LoadOptions::default(),
+        &[heads_option(), "model.image_size=84".into()],
+    )
+    .unwrap();
+    assert_eq!(model.image_size(), 84);
+    let case = case_json(FIXTURE, "video");
+    let video = golden(&format!(
+        "{FIXTURE}/{}",
+        case["input_file"].as_str().unwrap()
+    ));
+    let r = model
+        .answer_video(&video, case["question"].as_str().unwrap(), 4, true, true)
+        .unwrap();
+    assert_eq!(r.tensors["pixel_values"].dims(), &[3, 8, 84, 84]);
+    assert_eq!(r.tensors["vision_features"].dims(), &[8, 37, 32]);
+    assert!(!r.generation.ids.is_empty() && r.generation.ids.len() <= 4);
+    // Not a whole number of 14-px patches: a clear error naming the file.
+    let err = MaLmm::load(
+        &golden(&format!("{FIXTURE}/checkpoint/model_config.yaml")),
+        &LoadOptions::default(),
+        &[heads_option(), "model.image_size=90".into()],
+    )
+    .err()
+    .expect("90 px is not a multiple of 14");
+    assert!(err.to_string().contains("model_config.yaml"), "{err}");
+}
+
 fn heads_option() -> String {
     let heads = load_json(&format!("{FIXTURE}/fixture.json"))["vision"]["heads"]
         .as_u64()

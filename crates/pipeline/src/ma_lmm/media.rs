@@ -68,73 +68,10 @@ pub fn sample_indices_between(
     Ok(out)
 }
 
-fn cubic1(x: f32, a: f32) -> f32 {
-    ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-}
-
-fn cubic2(x: f32, a: f32) -> f32 {
-    ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
-}
-
-/// PyTorch's `get_cubic_upsample_coefficients` (A = −0.75).
-fn cubic_coeffs(t: f32) -> [f32; 4] {
-    let a = -0.75f32;
-    let x2 = 1.0 - t;
-    [
-        cubic2(t + 1.0, a),
-        cubic1(t, a),
-        cubic1(x2, a),
-        cubic2(x2 + 1.0, a),
-    ]
-}
-
-/// Source taps (clamped indices) and weights for each output index (align_corners=False).
-fn taps(in_size: usize, out_size: usize) -> Vec<([usize; 4], [f32; 4])> {
-    let scale = in_size as f32 / out_size as f32;
-    (0..out_size)
-        .map(|o| {
-            // `scale * (o + 0.5) - 0.5`, contracted to an FMA as in the reference's build.
-            let real = scale.mul_add(o as f32 + 0.5, -0.5);
-            let base = real.floor();
-            let t = real - base;
-            let base = base as i64;
-            let idx = [-1i64, 0, 1, 2].map(|k| (base + k).clamp(0, in_size as i64 - 1) as usize);
-            (idx, cubic_coeffs(t))
-        })
-        .collect()
-}
-
-/// One 4-tap sum in the order and rounding of PyTorch 2.5's CPU kernel (its separable
-/// float path, AVX2/AVX-512 builds): `x1·w1` first, then `x0·w0`, `x2·w2`, `x3·w3` each added
-/// with a fused multiply-add. Found by probing torch 2.5.1 itself: with this order the
-/// horizontal pass, the vertical pass and the whole resize are bit-identical to it (and to
-/// the fixture's `resized_float_before_uint8`); the plain `Σ xj·wj` differs in ~25 % of values
-/// by an ulp, which the uint8 cast turns into 1/255 steps. (torch 2.3.1 rounds differently.)
-fn acc4(x: [f32; 4], w: [f32; 4]) -> f32 {
-    let mut out = x[1] * w[1];
-    out = x[0].mul_add(w[0], out);
-    out = x[2].mul_add(w[2], out);
-    x[3].mul_add(w[3], out)
-}
-
 /// `F.interpolate(x, (oh, ow), mode="bicubic", align_corners=False)` of one float plane
-/// `[h, w]`: per output pixel, the 4 rows interpolated along x, then those along y (f32).
-pub fn resize_bicubic_plane(src: &[f32], h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {
-    let ty = taps(h, oh);
-    let tx = taps(w, ow);
-    let mut out = vec![0f32; oh * ow];
-    for (oy, (iy, wy)) in ty.iter().enumerate() {
-        for (ox, (ix, wx)) in tx.iter().enumerate() {
-            let mut rows = [0f32; 4];
-            for (k, &y) in iy.iter().enumerate() {
-                let r = &src[y * w..(y + 1) * w];
-                rows[k] = acc4([r[ix[0]], r[ix[1]], r[ix[2]], r[ix[3]]], *wx);
-            }
-            out[oy * ow + ox] = acc4(rows, *wy);
-        }
-    }
-    out
-}
+/// `[h, w]`, bit for bit as torch 2.5 computes it (shared with EVA ViT's position-table
+/// interpolation: `videollama_nn::torch_resize`).
+pub use videollama_nn::torch_resize::bicubic_plane as resize_bicubic_plane;
 
 /// `tensor.to(torch.uint8)` on x86: truncate toward zero to an integer, keep the low byte.
 pub fn to_uint8_wrapping(x: f32) -> u8 {

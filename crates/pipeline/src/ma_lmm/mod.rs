@@ -312,17 +312,11 @@ impl MaLmm {
                 .contains_tensor(&format!("blocks.{EVA_G_DEPTH}.norm1.weight"))
                 .then_some(EVA_G_DEPTH)
         });
+        // Another `image_size` than the weights' table: interpolated at load, as the
+        // reference's `create_eva_vit_g(img_size)` does.
         let vit_cfg = EvaVitConfig::from_weights(&vit_vb, heads, depth)
+            .and_then(|c| c.at_image_size(m.image_size))
             .map_err(|e| err(&cfg, "EVA ViT", e))?;
-        if m.image_size != vit_cfg.image_size {
-            return Err(PipelineError::file(
-                &cfg.path,
-                format!(
-                    "image_size {} but the EVA ViT position table is for {} px",
-                    m.image_size, vit_cfg.image_size
-                ),
-            ));
-        }
         let vit = EvaVit::new(&vit_cfg, vit_vb.clone()).map_err(|e| err(&cfg, "EVA ViT", e))?;
         let ln_vision = LnVision::new(&vit_cfg, vb.pp("ln_vision"))
             .map_err(|e| err(&cfg, "ln_vision (finetuned)", e))?;

@@ -527,19 +527,14 @@ pub fn load(path: &Path, opts: &crate::LoadOptions, config_options: &[String]) -
             .contains_tensor("blocks.39.norm1.weight")
             .then_some(39)
     });
+    // Another `image_size` than the weights' table: interpolated at load, as the reference's
+    // `create_eva_vit_g(img_size)` does.
     let vit_cfg = EvaVitConfig::from_weights(&vit_vb, heads, depth)
+        .and_then(|c| match m.image_size.or(m.img_size) {
+            Some(size) => c.at_image_size(size),
+            None => Ok(c),
+        })
         .map_err(|e| candle_ctx(&cfg, "EVA ViT", e))?;
-    if let Some(size) = m.image_size.or(m.img_size) {
-        if size != vit_cfg.image_size {
-            return Err(PipelineError::file(
-                &cfg.path,
-                format!(
-                    "image_size {size} but the EVA ViT position table is for {} px",
-                    vit_cfg.image_size
-                ),
-            ));
-        }
-    }
     let vit = with_load_scope(opts.weights.vision_scope(), || {
         EvaVit::new(&vit_cfg, vit_vb.clone())
     })

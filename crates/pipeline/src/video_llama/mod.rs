@@ -302,19 +302,14 @@ impl VideoLlamaParts {
                 .contains_tensor(&format!("blocks.{BLIP2_EVA_DEPTH}.norm1.weight"))
                 .then_some(BLIP2_EVA_DEPTH)
         });
+        // Another `image_size` than the weights' table: interpolated at load, as the
+        // reference's `create_eva_vit_g(img_size)` does.
         let vit_cfg = EvaVitConfig::from_weights(&vit_vb, heads, depth)
+            .and_then(|c| match m.image_size {
+                Some(size) => c.at_image_size(size),
+                None => Ok(c),
+            })
             .map_err(|e| candle_ctx(&config, "EVA ViT", e))?;
-        if let Some(size) = m.image_size {
-            if size != vit_cfg.image_size {
-                return Err(PipelineError::file(
-                    &config.path,
-                    format!(
-                        "image_size {size} but the EVA ViT position table is for {} px",
-                        vit_cfg.image_size
-                    ),
-                ));
-            }
-        }
         let vit = with_load_scope(weights.vision_scope(), || {
             EvaVit::new(&vit_cfg, vit_vb.clone())
         })
