@@ -23,7 +23,11 @@ pub trait Family: Send + Sync {
     /// Short name for logs and `--json` (`video-llama`, `minigpt4-video`).
     fn name(&self) -> &'static str;
     fn has_vision(&self) -> bool;
-    fn has_audio(&self) -> bool;
+    /// Most families are vision-only (their `prepare_media` refuses sound with the family's
+    /// own words); the defaults here say so.
+    fn has_audio(&self) -> bool {
+        false
+    }
     /// Decode and preprocess the request's files the way the family's reference does.
     fn prepare_media(&self, req: &MediaRequest) -> Result<(MediaInput, MediaReport)>;
     /// `pixels [T,3,S,S]` (an image: T = 1) → the LLM-width visual tokens.
@@ -37,10 +41,15 @@ pub trait Family: Send + Sync {
     /// The family's audio input → LLM-width audio tokens.
     fn encode_audio(
         &self,
-        audio: &Tensor,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<(EncodedAudio, StageTensors)>;
+        _audio: &Tensor,
+        _dtype: DType,
+        _device: &Device,
+    ) -> Result<(EncodedAudio, StageTensors)> {
+        Err(crate::error::PipelineError::Invalid(format!(
+            "{} does not listen to sound",
+            self.name()
+        )))
+    }
     /// The rendered prompt and its ids, one placeholder id per media block.
     fn prompt_ids(
         &self,

@@ -31,7 +31,7 @@ use crate::checkpoint::{Checkpoint, WeightSource};
 use crate::clip_tower::{self, ClipTowerFolder};
 use crate::error::{PipelineError, Result};
 use crate::family::{Family, StageTensors};
-use crate::model::{EncodedAudio, EncodedVisual};
+use crate::model::EncodedVisual;
 use crate::prompt::Modality;
 use crate::video_llama::SlowLlamaText;
 use crate::EncodedMedia;
@@ -279,9 +279,6 @@ impl Family for ChatUniViParts {
     fn has_vision(&self) -> bool {
         true
     }
-    fn has_audio(&self) -> bool {
-        false
-    }
     fn prepare_media(
         &self,
         req: &crate::media::MediaRequest,
@@ -296,16 +293,6 @@ impl Family for ChatUniViParts {
         device: &Device,
     ) -> Result<(EncodedVisual, StageTensors)> {
         self.encode(pixels, is_image, dtype, device)
-    }
-    fn encode_audio(
-        &self,
-        _: &Tensor,
-        _: DType,
-        _: &Device,
-    ) -> Result<(EncodedAudio, StageTensors)> {
-        Err(PipelineError::Invalid(
-            "Chat-UniVi does not listen to sound".into(),
-        ))
     }
     fn prompt_ids(
         &self,

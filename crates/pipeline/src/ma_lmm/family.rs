@@ -29,7 +29,7 @@ use super::{media, MaLmm};
 use crate::error::{PipelineError, Result};
 use crate::family::{Family, StageTensors};
 use crate::media::{MediaReport, MediaRequest};
-use crate::model::{EncodedAudio, EncodedVisual};
+use crate::model::EncodedVisual;
 use crate::prompt::Modality;
 use crate::{EncodedMedia, MediaInput};
 use candle_core::{DType, Device, Tensor};
@@ -169,9 +169,6 @@ impl Family for MaLmmFamily {
     fn has_vision(&self) -> bool {
         true
     }
-    fn has_audio(&self) -> bool {
-        false
-    }
     fn prepare_media(&self, req: &MediaRequest) -> Result<(MediaInput, MediaReport)> {
         if let Some(image) = &req.image {
             return Err(PipelineError::file(
@@ -238,16 +235,6 @@ impl Family for MaLmmFamily {
                 connector_seconds: 0.0,
             },
             stage,
-        ))
-    }
-    fn encode_audio(
-        &self,
-        _: &Tensor,
-        _: DType,
-        _: &Device,
-    ) -> Result<(EncodedAudio, StageTensors)> {
-        Err(PipelineError::Invalid(
-            "MA-LMM does not listen to sound".into(),
         ))
     }
     fn prompt_ids(

@@ -27,7 +27,7 @@ use crate::checkpoint::Checkpoint;
 use crate::error::{PipelineError, Result};
 use crate::family::{Family, StageTensors};
 use crate::generate::MropePositions;
-use crate::model::{EncodedAudio, EncodedVisual};
+use crate::model::EncodedVisual;
 use crate::prompt::{is_placeholder, Modality};
 use crate::EncodedMedia;
 use candle_core::{DType, Device, Tensor};
@@ -241,9 +241,6 @@ impl Family for Qwen2VlParts {
     fn has_vision(&self) -> bool {
         true
     }
-    fn has_audio(&self) -> bool {
-        false
-    }
     fn prepare_media(
         &self,
         req: &crate::media::MediaRequest,
@@ -258,16 +255,6 @@ impl Family for Qwen2VlParts {
         device: &Device,
     ) -> Result<(EncodedVisual, StageTensors)> {
         self.encode(pixels, is_image, dtype, device)
-    }
-    fn encode_audio(
-        &self,
-        _: &Tensor,
-        _: DType,
-        _: &Device,
-    ) -> Result<(EncodedAudio, StageTensors)> {
-        Err(PipelineError::Invalid(
-            "Qwen2-VL does not listen to sound".into(),
-        ))
     }
     fn prompt_ids(
         &self,

@@ -42,7 +42,7 @@ use crate::checkpoint::{Checkpoint, WeightSource};
 use crate::clip_tower::{self, ClipTowerFolder};
 use crate::error::{PipelineError, Result};
 use crate::family::{Family, StageTensors};
-use crate::model::{EncodedAudio, EncodedVisual};
+use crate::model::EncodedVisual;
 use crate::prompt::Modality;
 use crate::EncodedMedia;
 use candle_core::{DType, Device, Shape, Tensor};
@@ -214,9 +214,6 @@ impl Family for VideoChatGptParts {
     fn has_vision(&self) -> bool {
         true
     }
-    fn has_audio(&self) -> bool {
-        false
-    }
     fn prepare_media(
         &self,
         req: &crate::media::MediaRequest,
@@ -236,16 +233,6 @@ impl Family for VideoChatGptParts {
             ));
         }
         self.encode_video(pixels, dtype, device)
-    }
-    fn encode_audio(
-        &self,
-        _: &Tensor,
-        _: DType,
-        _: &Device,
-    ) -> Result<(EncodedAudio, StageTensors)> {
-        Err(PipelineError::Invalid(
-            "Video-ChatGPT does not listen to sound".into(),
-        ))
     }
     fn prompt_ids(
         &self,
