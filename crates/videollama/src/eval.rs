@@ -150,17 +150,6 @@ fn run_eval(a: &EvalRunArgs) -> Result<()> {
     let mut stats = runner::RunStats::default();
     let mut prompt_positions = (0usize, 0usize);
     let policy = if remaining > 0 {
-        if let Some(cfg) = a
-            .model
-            .model
-            .as_deref()
-            .and_then(videollama_pipeline::ma_lmm::config_path)
-        {
-            bail!(
-                "{}: MA-LMM is not hosted by the evaluation harness yet (use `videollama ask`)",
-                cfg.display()
-            );
-        }
         let pipeline = crate::cli::load(&a.model)?;
         let model = PipelineModel::new(
             &pipeline,

@@ -284,3 +284,77 @@ fn chat_answers_like_ask() {
     let alone = ok(&ask_question(q2));
     assert_eq!(answers[1], alone.trim_end_matches('\n'), "{text:?}");
 }
+
+/// `videollama eval` hosts MA-LMM through `Pipeline`: on a two-question MVBench-format file
+/// about the fixture video, every prediction's text equals what `ask` (MA-LMM's own streaming
+/// entry point, an independent path) prints for the same full prompt, and the summary counts
+/// both questions.
+#[test]
+fn eval_answers_like_ask() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = case_json(FIXTURE, "video");
+    let video = path(meta["input_file"].as_str().unwrap());
+    let videos = dir.path().join("videos");
+    std::fs::create_dir_all(&videos).unwrap();
+    std::fs::copy(&video, videos.join("clip.mp4")).unwrap();
+    let questions = dir.path().join("toy.json");
+    std::fs::write(
+        &questions,
+        serde_json::json!([
+            {"video": "clip.mp4", "question": "Where does the box go?",
+             "candidates": ["left", "right", "up"], "answer": "right"},
+            {"video": "clip.mp4", "question": "What colour is the box?",
+             "candidates": ["red", "green"], "answer": "red"}
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let args: Vec<String> = [
+        "eval",
+        "--format",
+        "mvbench",
+        "--questions",
+        questions.to_str().unwrap(),
+        "--videos",
+        videos.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--model",
+        &path("checkpoint"),
+        "--options",
+        &heads_option(),
+        "--max-new-tokens",
+        "5",
+        "--no-progress",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    ok(&videollama(&args));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["overall"]["total"], 2, "{summary}");
+    let preds = std::fs::read_to_string(out.join("predictions.jsonl")).unwrap();
+    for line in preds.lines() {
+        let p: serde_json::Value = serde_json::from_str(line).unwrap();
+        let asked = ok(&videollama(&[
+            "ask".into(),
+            "--model".into(),
+            path("checkpoint"),
+            "--options".into(),
+            heads_option(),
+            "--max-new-tokens".into(),
+            "5".into(),
+            "--video".into(),
+            video.clone(),
+            p["prompt"].as_str().unwrap().into(),
+        ]));
+        assert_eq!(
+            p["output"].as_str().unwrap().trim(),
+            asked.trim(),
+            "question {}",
+            p["id"]
+        );
+    }
+}
