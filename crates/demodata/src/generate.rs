@@ -4,7 +4,8 @@
 //! DemoDataConfig ─for each split, clip i (parallel over clips; Rng::derive(seed, i))─▶
 //!   sample_scene ─▶ questions + reference answers + caption ─▶ sound track (f32 mono)
 //!   ─▶ render frames ─encode─▶ clips/{split}-{i:05}.mp4 ─verify (our decoder)─▶ ClipMeta
-//! ─▶ {split}.json, {split}_captions.json (conversation format), meta.jsonl, dataset.json
+//! ─▶ {split}.json, {split}_captions.json (conversation format), meta.jsonl, dataset.json,
+//!    mvbench/{split}/{category}.json (multiple choice, evaluation splits)
 //! ```
 //!
 //! Layout of the output folder:
@@ -17,6 +18,10 @@
 //! * `meta.jsonl` — one [`ClipMeta`] per line (all splits): the ground truth and each QA's
 //!   question type, for evaluation with [`crate::score`].
 //! * `dataset.json` — the configuration and per-split counts.
+//! * `mvbench/{split}/{category}.json` — for the splits of
+//!   [`DemoDataConfig::mvbench_splits`] (val, test, test_ood): the colour, shape, count,
+//!   motion and sound questions as 4-option multiple choice in MVBench's task-file format
+//!   ([`crate::mcq`]), videos relative to the dataset folder.
 //!
 //! Every file is a pure function of the configuration (seeds included): generating twice
 //! gives byte-identical JSON and identical decoded frames.
@@ -33,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::audio::{self, Speech};
 use crate::encode::{write_mp4, EncodeSpec};
 use crate::error::{DemoDataError, Result};
+use crate::mcq::write_mvbench;
 use crate::qa::{expected_answer, make_questions, question_text, QuestionType};
 use crate::rng::Rng;
 use crate::world::{
@@ -79,10 +85,18 @@ pub struct DemoDataConfig {
     /// Decode every written clip with `videollama_media::decode` and check frame count,
     /// size, audio presence and the last frame's pixels.
     pub verify: bool,
+    /// Splits that also get a multiple-choice benchmark, `mvbench/{split}/` (names not
+    /// among `splits` are ignored). Default: val, test, test_ood — the held-out splits.
+    #[serde(default = "default_mvbench_splits")]
+    pub mvbench_splits: Vec<String>,
     /// Worker threads (clips encoded in parallel, one thread each); 0 = all cores. Does not
     /// change the output.
     #[serde(skip, default)]
     pub threads: usize,
+}
+
+fn default_mvbench_splits() -> Vec<String> {
+    ["val", "test", "test_ood"].map(String::from).to_vec()
 }
 
 impl Default for DemoDataConfig {
@@ -117,6 +131,7 @@ impl DemoDataConfig {
             crf: 20,
             preset: "veryfast".into(),
             verify: true,
+            mvbench_splits: default_mvbench_splits(),
             threads: 0,
         }
     }
@@ -231,6 +246,13 @@ pub struct SplitSummary {
     pub json: String,
     /// `{name}_captions.json`, relative to the dataset folder.
     pub captions_json: String,
+    /// The multiple-choice task folder `mvbench/{name}`, relative to the dataset folder
+    /// (`None` when the split is not among [`DemoDataConfig::mvbench_splits`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mvbench: Option<String>,
+    /// Multiple-choice items written there.
+    #[serde(default)]
+    pub mvbench_items: usize,
 }
 
 /// What [`generate`] wrote.
@@ -338,12 +360,20 @@ pub fn generate(
         let captions_json = format!("{}_captions.json", sc.name);
         write_conversations(&out_dir.join(&json), &all)?;
         write_conversations(&out_dir.join(&captions_json), &caps)?;
+        let (mvbench, mvbench_items) = if sc.clips > 0 && cfg.mvbench_splits.contains(&sc.name) {
+            let (rel, n) = write_mvbench(out_dir, &sc.name, ms)?;
+            (Some(rel.to_string_lossy().replace('\\', "/")), n)
+        } else {
+            (None, 0)
+        };
         splits.push(SplitSummary {
             name: sc.name.clone(),
             clips: sc.clips,
             conversations: all.len(),
             json,
             captions_json,
+            mvbench,
+            mvbench_items,
         });
     }
 

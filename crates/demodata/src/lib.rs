@@ -11,7 +11,8 @@
 //!      world::render_frame ─RGB [h, w, 3]─▶ encode (ffmpeg-next: libx264 yuv420p + AAC)
 //!      audio::synthesize (beeps, espeak-ng numbers) ─mono f32 [n]─┘
 //!      verify_clip (videollama_media::decode) ─▶ frame count, size, pixels
-//!   ─▶ clips/*.mp4, {split}.json, {split}_captions.json, meta.jsonl, dataset.json
+//!   ─▶ clips/*.mp4, {split}.json, {split}_captions.json, meta.jsonl, dataset.json,
+//!      mvbench/{split}/{category}.json (mcq: 4-option items, val / test / test_ood)
 //! model answer ─score(answer, &meta, question_type)─▶ bool   (evaluation)
 //! ```
 //!
@@ -20,6 +21,7 @@
 //! * [`qa`] — question types, wording templates, reference answers, captions, the scorer.
 //! * `audio` — beep synthesis and `espeak-ng` (run as a program; a clear error if missing).
 //! * `encode` — the MP4 writer (libavcodec/libavformat through ffmpeg-next, no CLI).
+//! * [`mcq`] — the multiple-choice form of the QA (MVBench's task-file format).
 //! * [`generate()`] — the dataset writer and [`read_meta`].
 //!
 //! Everything is deterministic: a clip is a pure function of its split's seed and its index
@@ -30,6 +32,7 @@ mod audio;
 mod encode;
 pub mod error;
 mod generate;
+pub mod mcq;
 pub mod qa;
 mod rng;
 pub mod world;

@@ -138,7 +138,8 @@ enum Command {
     /// dense per-patch labels (colour, shape, object centre); OUT feeds `init-model`.
     TrainVisionTower(crate::train_tower::TrainTowerArgs),
     /// Generate the synthetic audio-visual world (shapes, colours, motion, beeps, spoken
-    /// numbers) with questions and answers: OUT/{train,val,test}.json + clips/ + meta.jsonl.
+    /// numbers) with questions and answers: OUT/{train,val,test}.json + clips/ + meta.jsonl,
+    /// and OUT/mvbench/{val,test,test_ood}/ (multiple choice for `eval --format mvbench`).
     MakeDemoData {
         /// Output folder.
         out: PathBuf,
@@ -1401,6 +1402,15 @@ fn make_demo_data(
             "  {}: {} clips, {} conversations",
             sp.name, sp.clips, sp.conversations
         );
+        if let Some(dir) = &sp.mvbench {
+            println!(
+                "    {} multiple-choice items in {dir}/ (videollama eval --format mvbench \
+                 --questions {} --videos {})",
+                sp.mvbench_items,
+                s.out_dir.join(dir).display(),
+                s.out_dir.display()
+            );
+        }
     }
     Ok(())
 }

@@ -974,3 +974,73 @@ fn video_chatgpt_writes_its_list_answer_file() {
     check_asked(&out);
     assert!(read(&out.join("run.json")).contains("\"prompt_policy\": \"video-chatgpt\""));
 }
+
+/// The demo world's own multiple-choice set (`mvbench/test/`, written by the generator as
+/// `make-demo-data` runs it) goes through `eval --format mvbench` as it is, `--videos` the
+/// dataset folder: every item predicted without error, per-category totals equal to the
+/// task files' lengths, and each file's answer right by the world's scorer on the clip's
+/// ground truth (the model is the tiny random checkpoint: its accuracy is not checked).
+#[test]
+fn demo_world_multiple_choice_set_runs_through_eval() {
+    let w = world();
+    let root = w._dir.path();
+    let qdir = root.join("mvbench/test");
+    let categories = ["color", "count", "motion", "shape", "sound"];
+    let mut total = 0;
+    for c in categories {
+        let items: Vec<serde_json::Value> =
+            serde_json::from_str(&read(&qdir.join(format!("{c}.json")))).unwrap();
+        assert_eq!(items.len(), w.clips.len(), "{c}");
+        for it in &items {
+            let video = it["video"].as_str().unwrap();
+            let (path, meta) = w.clips.iter().find(|(_, m)| m.video == video).unwrap();
+            assert!(path.exists());
+            let qa = meta
+                .qa
+                .iter()
+                .find(|q| q.question_type.category().name() == c)
+                .unwrap();
+            assert_eq!(it["question"], qa.question.as_str());
+            let answer = it["answer"].as_str().unwrap();
+            let cands: Vec<&str> = it["candidates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_str().unwrap())
+                .collect();
+            assert_eq!(cands.len(), 4);
+            assert_eq!(cands.iter().filter(|x| **x == answer).count(), 1);
+            for x in &cands {
+                assert_eq!(
+                    videollama_demodata::score(x, meta, qa.question_type),
+                    *x == answer,
+                    "{c}: {x:?} for {:?}",
+                    meta.caption
+                );
+            }
+        }
+        total += items.len();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = ok(eval_cmd(&tiny(), "mvbench", &qdir, root, &out)
+        .output()
+        .unwrap());
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("motion") && table.contains("overall"),
+        "{table}"
+    );
+    let s = summary(&out);
+    assert_eq!(s["overall"]["total"], total);
+    assert_eq!(s["overall"]["errors"], 0);
+    for c in categories {
+        assert_eq!(s["tasks"][c]["total"], w.clips.len(), "{c}");
+    }
+    let preds = videollama_eval::results::read_predictions(&out.join("predictions.jsonl")).unwrap();
+    assert_eq!(preds.len(), total);
+    for p in &preds {
+        assert!(p.output.is_some() && p.error.is_none(), "{p:?}");
+        assert!(p.answer_index.is_some_and(|i| (0..4).contains(&i)), "{p:?}");
+    }
+}

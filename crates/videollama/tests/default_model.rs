@@ -78,3 +78,76 @@ fn the_readme_question_on_the_demo_clip_is_answered_right() {
     assert!(json["weights"].as_str().unwrap().contains("LoRA"));
     assert!(json["audio_tokens"].as_u64().unwrap() > 0);
 }
+
+/// The demo world as a multiple-choice benchmark (`make-demo-data`'s `mvbench/test/`, ten
+/// held-out clips, four options each) through `videollama eval --format mvbench` with the
+/// default model: overall accuracy at least 0.5, twice chance. Skipped, saying so, as the
+/// README test: without the downloads, or when the binary has no trained files.
+#[test]
+fn the_demo_world_multiple_choice_set_scores_far_above_chance() {
+    let root = videollama_pipeline::default_model::cache_root();
+    if videollama_pipeline::default_model::downloaded_parts(&root).is_err() {
+        eprintln!("skipped: no default-model downloads (run scripts/fetch-default-model.sh)");
+        return;
+    }
+    if !videollama_demodata::espeak_available(Path::new("espeak-ng")) {
+        eprintln!("skipped: espeak-ng is not installed (the demo world's spoken numbers)");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(root.join("downloads"), home.path().join("downloads")).unwrap();
+    let data = home.path().join("demo");
+    let made = videollama(
+        home.path(),
+        &[
+            "make-demo-data",
+            data.to_str().unwrap(),
+            "--train",
+            "0",
+            "--val",
+            "0",
+            "--test",
+            "10",
+        ],
+    );
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let out = home.path().join("eval");
+    let questions = data.join("mvbench/test");
+    let res = videollama(
+        home.path(),
+        &[
+            "eval",
+            "--format",
+            "mvbench",
+            "--questions",
+            questions.to_str().unwrap(),
+            "--videos",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--max-new-tokens",
+            "16",
+            "--no-progress",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    if stderr.contains(NO_ASSETS) {
+        eprintln!("skipped: this binary has no default-model weights ({stderr})");
+        return;
+    }
+    assert!(res.status.success(), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let overall = &summary["overall"];
+    assert!(overall["total"].as_u64().unwrap() >= 40, "{summary}");
+    let accuracy = overall["accuracy"].as_f64().unwrap();
+    println!("{}", String::from_utf8_lossy(&res.stdout));
+    assert!(
+        accuracy >= 0.5,
+        "accuracy {accuracy} on the demo world's multiple choice (chance 0.25): {summary}"
+    );
+}
