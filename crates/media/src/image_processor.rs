@@ -117,7 +117,7 @@ impl ImageProcessorConfig {
             image_mean: OPENAI_CLIP_MEAN,
             image_std: OPENAI_CLIP_STD,
             pad_to_square: false,
-            resize_pass_order: PassOrder::HorizontalFirst,
+            resize_pass_order: PassOrder::Pillow13,
         }
     }
 
@@ -139,7 +139,7 @@ impl ImageProcessorConfig {
             image_mean: IMAGENET_STANDARD_MEAN,
             image_std: IMAGENET_STANDARD_STD,
             pad_to_square: false,
-            resize_pass_order: PassOrder::HorizontalFirst,
+            resize_pass_order: PassOrder::Pillow13,
         }
     }
 

@@ -216,24 +216,9 @@ pub fn smart_resize(
     Ok((h_bar as usize, w_bar as usize))
 }
 
-/// The pass order Pillow 13.0.0 was seen to use [UNVERIFIED rule, inferred from its output;
-/// its source for this release was not available]: vertical first when the height shrinks while
-/// the width grows or stays, else horizontal first (as every Pillow ≤ 12 does). Measured against
-/// Pillow 13.0.0 on 50 Qwen2-VL-like frames (common video sizes through `smart_resize` at five
-/// pixel budgets) it picks the matching order in 49; on 421 random shapes in 390 (the misses are
-/// shapes where both sides shrink and Pillow still goes vertical first). It gives the fixtures'
-/// bytes (160×96 → 168×84 and 100×70 → 112×56 vertical first, 128×72 → 336×336 horizontal
-/// first); `tests/pillow13_pass_order.rs` checks it on Pillow's own output. `pass_order` in the
-/// processor config forces either order.
-pub fn pillow13_pass_order(
-    (in_w, in_h): (usize, usize),
-    (out_w, out_h): (usize, usize),
-) -> PassOrder {
-    if out_h < in_h && out_w >= in_w {
-        PassOrder::VerticalFirst
-    } else {
-        PassOrder::HorizontalFirst
-    }
+/// Pillow 13.0.0's pass order for this resize (see [`crate::resize::pillow13_order`]).
+pub fn pillow13_pass_order(input: (usize, usize), output: (usize, usize)) -> PassOrder {
+    crate::resize::pillow13_order(input, output)
 }
 
 /// `qwen-vl-utils` `smart_nframes` for the `fps` rule: `total / video_fps · fps`, clamped to

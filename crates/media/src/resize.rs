@@ -14,12 +14,13 @@
 //! `w_x = filter((x − center + 0.5)·(1/fs))` for `x ∈ [xmin, xmax)`.
 //!
 //! **Pass order.** Public Pillow sources (up to 12.x) always run the horizontal
-//! (width) pass first, then the vertical one: [`PassOrder::HorizontalFirst`], the
-//! default, which reproduces every golden fixture bit-exactly. Pillow 13.0.0 (used to
-//! make the fixtures) runs the vertical pass first for some shapes (typically when the
-//! height shrinks much more than the width, e.g. tall inputs); the exact rule is not
-//! reproduced here, but [`PassOrder::VerticalFirst`] gives Pillow 13's bytes for those
-//! shapes. The orders are not interchangeable: the intermediate image is rounded and
+//! (width) pass first, then the vertical one: [`PassOrder::HorizontalFirst`]. Pillow 13.0.0
+//! (used to make the fixtures) runs the vertical pass first for some shapes — portrait frames
+//! resized to a square, or a height that shrinks while the width grows. Its rule is not
+//! published with the sources we have; [`PassOrder::Pillow13`] (the image processors' default)
+//! applies the rule inferred from Pillow 13's output ([`pillow13_order`]), which gives the
+//! fixtures' bytes and Pillow's on the measured video shapes. The orders are not
+//! interchangeable: the intermediate image is rounded and
 //! *clipped* to `u8`, so at sharp edges (where bicubic overshoots) they can differ by
 //! many levels — up to 16 on the fixture's `testsrc2` frames.
 
@@ -150,11 +151,40 @@ fn sinc(x: f64) -> f64 {
 /// Which 1-D pass runs first when both dimensions change (see the module docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum PassOrder {
-    /// Width pass, then height pass (public Pillow ≤ 12.x; the default).
+    /// Width pass, then height pass (public Pillow ≤ 12.x).
     #[default]
     HorizontalFirst,
     /// Height pass, then width pass (observed in Pillow 13.0.0 for some shapes).
     VerticalFirst,
+    /// Pillow 13.0.0's choice as far as it is known ([`pillow13_order`]): vertical first when
+    /// the height shrinks and the width does not, else horizontal first.
+    Pillow13,
+}
+
+impl PassOrder {
+    /// The concrete order for a `(width, height)` → `(width, height)` resize.
+    pub fn resolve(self, input: (usize, usize), output: (usize, usize)) -> PassOrder {
+        match self {
+            PassOrder::Pillow13 => pillow13_order(input, output),
+            order => order,
+        }
+    }
+}
+
+/// The pass order Pillow 13.0.0 was seen to use [UNVERIFIED rule, inferred from its output;
+/// its source for this release was not available]: vertical first when the height shrinks and
+/// either the width does not, or the height shrinks clearly more (`out_h/in_h < 0.8 · out_w/in_w`);
+/// otherwise horizontal first (as every Pillow ≤ 12 does). Measured against Pillow 13.0.0: 15 of
+/// 15 square / crop resizes of common landscape and portrait video sizes and the fixtures' shapes
+/// (portrait frames to 384×384 go vertical first), 27 of 28 Qwen2-VL `smart_resize` frames, 408
+/// of 424 random shapes (the misses are both-shrinking shapes near the threshold). The 0.8 is a
+/// fitted constant, not Pillow's. Checked on Pillow's bytes in `tests/pillow13_pass_order.rs`.
+pub fn pillow13_order((in_w, in_h): (usize, usize), (out_w, out_h): (usize, usize)) -> PassOrder {
+    if out_h < in_h && (out_w >= in_w || 5 * out_h * in_w < 4 * out_w * in_h) {
+        PassOrder::VerticalFirst
+    } else {
+        PassOrder::HorizontalFirst
+    }
 }
 
 /// Fixed-point coefficients of one 1-D resampling pass.
@@ -294,9 +324,13 @@ pub fn resize_with_order(
             "cannot resize to an empty size {width}x{height}"
         )));
     }
+    let order = order.resolve(
+        (img.width as usize, img.height as usize),
+        (width as usize, height as usize),
+    );
     // Intermediate image: (new width × old height) or (old width × new height).
     let inter = match order {
-        PassOrder::HorizontalFirst => width as u64 * img.height as u64,
+        PassOrder::HorizontalFirst | PassOrder::Pillow13 => width as u64 * img.height as u64,
         PassOrder::VerticalFirst => img.width as u64 * height as u64,
     };
     if width as u64 * height as u64 > MAX_RESIZE_PIXELS || inter > MAX_RESIZE_PIXELS {
@@ -322,7 +356,7 @@ pub fn resize_with_order(
     let need_h = ow != iw;
     let need_v = oh != ih;
     let data = match order {
-        PassOrder::HorizontalFirst => {
+        PassOrder::HorizontalFirst | PassOrder::Pillow13 => {
             let mut cur = std::borrow::Cow::Borrowed(&img.data[..]);
             if need_h {
                 let c = precompute_coefficients(iw, ow, filter);

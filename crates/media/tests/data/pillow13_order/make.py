@@ -22,6 +22,13 @@ SIZES = [
     (80, 48, 84, 42),
     (50, 35, 56, 28),
     (32, 18, 84, 84),
+    # portrait and landscape frames to a square tower input (VideoLLaMA 2's SigLIP 384 × 384,
+    # scaled down): portrait goes vertical first in Pillow 13
+    (36, 64, 24, 24),
+    (64, 36, 24, 24),
+    (30, 40, 24, 24),
+    (27, 48, 24, 24),
+    (36, 64, 21, 37),
 ]
 cases = []
 for k, (w, h, ow, oh) in enumerate(SIZES):
