@@ -432,6 +432,7 @@ pub fn slim_copy(m: &EncodedMedia) -> candle_core::Result<EncodedMedia> {
         intermediates: false,
         frame_timestamps: m.frame_timestamps.clone(),
         frame_captions: m.frame_captions.clone(),
+        patch_grid: m.patch_grid,
         stage_tensors: Vec::new(),
     })
 }
@@ -548,6 +549,7 @@ mod tests {
             intermediates: true,
             frame_timestamps: Vec::new(),
             frame_captions: Vec::new(),
+            patch_grid: None,
             stage_tensors: Vec::new(),
         };
         Arc::new(slim_copy(&full).unwrap())

@@ -79,6 +79,9 @@ pub struct MediaInput {
     /// Per sampled frame, the subtitle text the prompt puts after it (MiniGPT4-Video's
     /// `<Cap>`); empty when the family does not interleave subtitles.
     pub frame_captions: Vec<Option<String>>,
+    /// `(t, h, w)` patch grid of the visual input, for families whose token positions depend
+    /// on it (Qwen2-VL's M-RoPE); `None` for the others.
+    pub patch_grid: Option<[usize; 3]>,
 }
 
 impl MediaInput {
@@ -137,6 +140,9 @@ pub struct EncodedMedia {
     pub frame_timestamps: Vec<String>,
     /// Subtitle text after each frame (MiniGPT4-Video).
     pub frame_captions: Vec<Option<String>>,
+    /// The visual input's `(t, h, w)` patch grid ([`MediaInput::patch_grid`]); kept by
+    /// encoder-cache entries, which drop the pixels it could be read from.
+    pub patch_grid: Option<[usize; 3]>,
     /// Family-specific stage tensors under their golden names (`frame_qformer_out`, …),
     /// for `--dump-tensors`; empty in encoder-cache entries.
     pub stage_tensors: Vec<(String, Tensor)>,
@@ -153,6 +159,7 @@ impl EncodedMedia {
             intermediates: true,
             frame_timestamps: Vec::new(),
             frame_captions: Vec::new(),
+            patch_grid: None,
             stage_tensors: Vec::new(),
         }
     }
@@ -593,6 +600,7 @@ impl Pipeline {
             intermediates: true,
             frame_timestamps: media.frame_timestamps.clone(),
             frame_captions: media.frame_captions.clone(),
+            patch_grid: media.patch_grid,
             stage_tensors,
         })
     }

@@ -8,9 +8,8 @@
 //! image ─► RGB ─► processor ─► [2, 3, H, W] (two identical temporal copies)
 //! ```
 //! The frames stay unflattened in `MediaInput`; `encode_visual` patchifies them, so the grid
-//! `(T'/tp, H/p, W/p)` travels with the tensor's shape. The grid is also written into
-//! `frame_timestamps` (`grid_thw=T,H,W`), which encoder-cache entries keep when they drop
-//! the pixels (the M-RoPE ids need it).
+//! `(T'/tp, H/p, W/p)` travels with the tensor's shape, and in `MediaInput::patch_grid`, which
+//! encoder-cache entries keep when they drop the pixels (the M-RoPE ids need it).
 
 use super::Qwen2VlParts;
 use crate::error::{PipelineError, Result};
@@ -21,9 +20,6 @@ use std::time::Instant;
 use videollama_media::decode::VideoReader;
 use videollama_media::qwen2_vl::{linspace_round_f32, smart_nframes, Qwen2VlFrames, FPS};
 use videollama_media::RgbImage;
-
-/// The tag carrying the grid in `frame_timestamps`.
-pub const GRID_TAG: &str = "grid_thw=";
 
 /// The frame range and indices for a video of `total` frames at `fps` with optional clip
 /// bounds in seconds (qwen-vl-utils `video_start` / `video_end`).
@@ -76,10 +72,6 @@ fn frames_tensor(parts: &Qwen2VlParts, images: &[RgbImage]) -> Result<(Tensor, [
     ))
 }
 
-fn grid_tag([t, h, w]: [usize; 3]) -> Vec<String> {
-    vec![format!("{GRID_TAG}{t},{h},{w}")]
-}
-
 /// Decode and preprocess a request for a Qwen2-VL model.
 pub fn prepare(parts: &Qwen2VlParts, req: &MediaRequest) -> Result<(MediaInput, MediaReport)> {
     let start = Instant::now();
@@ -104,7 +96,7 @@ pub fn prepare(parts: &Qwen2VlParts, req: &MediaRequest) -> Result<(MediaInput, 
         let (px, grid) =
             frames_tensor(parts, std::slice::from_ref(&img)).map_err(|e| in_file(path, e))?;
         input = MediaInput::image(px);
-        input.frame_timestamps = grid_tag(grid);
+        input.patch_grid = Some(grid);
     }
     if let Some(path) = &req.video {
         if !path.is_file() {
@@ -122,7 +114,7 @@ pub fn prepare(parts: &Qwen2VlParts, req: &MediaRequest) -> Result<(MediaInput, 
             .map_err(|e| PipelineError::Invalid(e.to_string()))?;
         let (px, grid) = frames_tensor(parts, &frames).map_err(|e| in_file(path, e))?;
         input = MediaInput::video(px);
-        input.frame_timestamps = grid_tag(grid);
+        input.patch_grid = Some(grid);
         report.video_frame_count = Some(info.frame_count);
         report.video_fps = Some(info.avg_fps);
         if info.avg_fps > 0.0 {
@@ -138,19 +130,6 @@ fn in_file(path: &std::path::Path, e: PipelineError) -> PipelineError {
     match e {
         PipelineError::Invalid(m) => PipelineError::file(path, m),
         other => other,
-    }
-}
-
-/// The grid written by [`prepare`] into `frame_timestamps`, if any.
-pub fn grid_from_tag(tags: &[String]) -> Option<[usize; 3]> {
-    let rest = tags.first()?.strip_prefix(GRID_TAG)?;
-    let v: Vec<usize> = rest
-        .split(',')
-        .map(|s| s.parse().ok())
-        .collect::<Option<_>>()?;
-    match v.as_slice() {
-        [t, h, w] => Some([*t, *h, *w]),
-        _ => None,
     }
 }
 
@@ -171,7 +150,5 @@ mod tests {
         );
         assert!(sampled_indices(42, 12.0, Some(3.0), Some(1.0)).is_err());
         assert!(sampled_indices(0, 12.0, None, None).is_err());
-        assert_eq!(grid_from_tag(&grid_tag([4, 6, 12])), Some([4, 6, 12]));
-        assert_eq!(grid_from_tag(&["0.5".to_string()]), None);
     }
 }

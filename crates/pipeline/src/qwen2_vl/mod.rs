@@ -107,13 +107,11 @@ impl Qwen2VlParts {
             let p = self.processor.patch_size;
             return Ok(Some([t.div_ceil(tp), h / p, w / p]));
         }
-        media::grid_from_tag(&media.frame_timestamps)
-            .map(Some)
-            .ok_or_else(|| {
-                PipelineError::Invalid(
-                    "the visual input's patch grid is unknown (no frames and no grid tag)".into(),
-                )
-            })
+        media.patch_grid.map(Some).ok_or_else(|| {
+            PipelineError::Invalid(
+                "the visual input's patch grid is unknown (no frames and no recorded grid)".into(),
+            )
+        })
     }
 
     /// `frames [T', 3, H, W]` (T' padded to the temporal patch here if needed) → patch rows,
